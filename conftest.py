@@ -1,0 +1,11 @@
+"""Test-session settings, shared by the unit tests and the notebooks run through nbval.
+
+Set here, before any kernel starts, so the notebooks' kernels inherit them.
+"""
+import os
+import tempfile
+
+os.environ.setdefault("LABUTILS_PROFILE", "ci")
+os.environ.setdefault("LABUTILS_OUTPUT_DIR", tempfile.mkdtemp(prefix="labutils-test-run-"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TQDM_DISABLE", "1")

@@ -1,0 +1,194 @@
+"""Configuration in one visible place: profiles, devices, seeds, precision and output folders.
+
+A *profile* only shrinks data, epochs and sampling; it never changes an architecture or T.
+- ``full``:  the course's exact settings.
+- ``quick``: a 2-core CPU runs the whole lab series in about half an hour.
+- ``ci``:    seconds per notebook, for the test suite.
+Select one with ``LABUTILS_PROFILE`` (default: ``full`` with a GPU, else ``quick``).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+PROFILES = ("full", "quick", "ci")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabSettings:
+    """Everything a lab's training run needs to know, for one profile."""
+
+    lab: str
+    profile: str
+    T: Optional[int]        # diffusion steps (None: lab 01 has no diffusion)
+    img_size: int
+    img_ch: int
+    batch_size: int
+    lr: float
+    epochs: int
+    max_images: Optional[int] = None       # train on a subset (None: all images)
+    steps_per_epoch: Optional[int] = None  # cap on optimiser steps per epoch (None: a full pass)
+    sample_every: int = 1                  # epochs between sample grids (flowers labs)
+    preview_every: int = 100               # steps between previews in notebooks (0: none)
+
+
+# The course's settings, lab by lab (../shared/course-spec.md).
+_COURSE = {
+    "fmnist-unet": dict(T=None, img_size=16, img_ch=1, batch_size=128, lr=1e-4, epochs=2),
+    "fmnist-ddpm": dict(T=150, img_size=16, img_ch=1, batch_size=128, lr=1e-3, epochs=3),
+    "fmnist-optimized": dict(T=150, img_size=16, img_ch=1, batch_size=128, lr=1e-3, epochs=5),
+    "fmnist-cfg": dict(T=150, img_size=16, img_ch=1, batch_size=128, lr=1e-3, epochs=3),
+    "flowers-cfg": dict(T=400, img_size=32, img_ch=3, batch_size=128, lr=1e-4, epochs=100,
+                        sample_every=5),
+    "flowers-clip": dict(T=400, img_size=32, img_ch=3, batch_size=128, lr=1e-4, epochs=100,
+                         sample_every=5),
+    "mnist-assessment": dict(T=150, img_size=28, img_ch=1, batch_size=128, lr=1e-3, epochs=5),
+}
+LABS = tuple(_COURSE)
+
+# What each smaller profile changes. Keys absent here keep the course value.
+_SHRINK = {
+    "quick": {
+        "fmnist-unet": dict(epochs=1, steps_per_epoch=300, preview_every=100),
+        "fmnist-ddpm": dict(epochs=1, steps_per_epoch=400, preview_every=0),
+        "fmnist-optimized": dict(epochs=1, steps_per_epoch=350, preview_every=0),
+        "fmnist-cfg": dict(epochs=1, steps_per_epoch=350, preview_every=0),
+        "flowers-cfg": dict(epochs=10, max_images=256, batch_size=32, lr=3e-4, sample_every=5),
+        "flowers-clip": dict(epochs=10, max_images=256, batch_size=32, lr=3e-4, sample_every=5),
+        "mnist-assessment": dict(epochs=1, steps_per_epoch=350),
+    },
+    "ci": {
+        "fmnist-unet": dict(epochs=1, steps_per_epoch=4, max_images=1024, preview_every=2),
+        "fmnist-ddpm": dict(epochs=1, steps_per_epoch=4, max_images=1024, preview_every=0),
+        "fmnist-optimized": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64,
+                                 preview_every=0),
+        "fmnist-cfg": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64,
+                           preview_every=0),
+        "flowers-cfg": dict(epochs=2, steps_per_epoch=1, max_images=16, batch_size=8,
+                            sample_every=1),
+        "flowers-clip": dict(epochs=2, steps_per_epoch=1, max_images=16, batch_size=8,
+                             sample_every=1),
+        "mnist-assessment": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64),
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A setting (profile, lab, device, ...) that labutils cannot use; the message says why."""
+
+
+def has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def default_profile() -> str:
+    return "full" if has_gpu() else "quick"
+
+
+def get_profile(profile: Optional[str] = None) -> str:
+    """The profile to use: the argument, else ``LABUTILS_PROFILE``, else the default."""
+    name = profile or os.environ.get("LABUTILS_PROFILE") or default_profile()
+    name = name.strip().lower()
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+    return name
+
+
+def lab_settings(lab: str, profile: Optional[str] = None) -> LabSettings:
+    """The settings of ``lab`` under ``profile`` (see the module docstring)."""
+    if lab not in _COURSE:
+        raise ConfigError(f"unknown lab {lab!r}; valid labs: {', '.join(LABS)}")
+    profile = get_profile(profile)
+    values = dict(_COURSE[lab])
+    values.update(_SHRINK.get(profile, {}).get(lab, {}))
+    return LabSettings(lab=lab, profile=profile, **values)
+
+
+def get_device(device: Optional[str] = None) -> torch.device:
+    """CUDA when available, else CPU (the course's rule); an explicit choice is checked."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if has_gpu() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not has_gpu():
+        raise ConfigError(
+            f"device {device!r} asked for, but torch sees no usable CUDA GPU "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+            "run `labutils doctor` to see why, or use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices) with one call."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    flags = _cpu_flags()
+    if flags:
+        return bool(flags & {"amx_bf16", "avx512_bf16"})
+    with contextlib.suppress(Exception):  # non-Linux: ask oneDNN
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def use_bf16(device: torch.device) -> bool:
+    """Whether training on ``device`` runs under bf16 autocast (``LABUTILS_BF16=0/1`` overrides).
+
+    On a CPU with AMX a lab-3 step is about 2.5x faster in bf16; without native bf16 it is
+    slower than fp32, so we keep fp32 there.
+    """
+    forced = os.environ.get("LABUTILS_BF16")
+    if forced is not None:
+        return forced.strip() not in ("0", "", "false", "no")
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
+def autocast(device: torch.device, enabled: Optional[bool] = None):
+    """bf16 autocast on ``device`` when it helps (see :func:`use_bf16`), else a no-op."""
+    enabled = use_bf16(device) if enabled is None else enabled
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def output_dir(subdir: Optional[str] = None) -> Path:
+    """Where a notebook or job writes its figures: ``LABUTILS_OUTPUT_DIR``, else ``runs/latest``.
+
+    ``make run`` points it at ``runs/<timestamp>/``.
+    """
+    base = Path(os.environ.get("LABUTILS_OUTPUT_DIR") or Path("runs") / "latest")
+    path = base / subdir if subdir else base
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,198 @@
+"""The DDPM noise schedule and samplers (the course's ``ddpm_utils``), separate from the models.
+
+``q`` noises a clean image to step ``t`` in one jump; ``reverse_q`` takes one denoising step
+given the model's noise estimate; ``sample`` runs the whole reverse chain; ``sample_w`` runs it
+with classifier-free guidance for several guidance weights at once.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+GUIDANCE_WEIGHTS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+
+
+def linear_beta_schedule(T: int, start: float = 1e-4, end: float = 0.02,
+                         device=None) -> torch.Tensor:
+    """The course's ``B = linspace(1e-4, 0.02, T)``."""
+    if T < 1:
+        raise ValueError(f"T must be at least 1, got {T}")
+    return torch.linspace(start, end, T, device=device)
+
+
+def _per_sample(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values[t]`` shaped to broadcast against a batch like ``like``."""
+    return values[t.reshape(-1).long()].reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class DDPM:
+    """Schedule of a denoising diffusion model: ``DDPM(B, device)``, ``B`` the betas."""
+
+    def __init__(self, B: torch.Tensor, device=None, model_t: Optional[torch.Tensor] = None):
+        device = torch.device(device) if device is not None else B.device
+        self.device = device
+        self.B = B.to(device)
+        self.T = len(B)
+        # The timestep the model sees at each step of this schedule: the identity, except for
+        # a respaced (shortened) sampling schedule, see ``respaced``.
+        self.model_t = (torch.arange(self.T, device=device) if model_t is None
+                        else model_t.to(device))
+        self.a = 1.0 - self.B
+        self.a_bar = torch.cumprod(self.a, dim=0)
+        self.sqrt_a_bar = torch.sqrt(self.a_bar)
+        self.sqrt_one_minus_a_bar = torch.sqrt(1 - self.a_bar)
+        self.sqrt_a_inv = torch.sqrt(1 / self.a)
+        self.pred_noise_coeff = (1 - self.a) / torch.sqrt(1 - self.a_bar)
+
+    @classmethod
+    def linear(cls, T: int, device=None) -> "DDPM":
+        return cls(linear_beta_schedule(T), device)
+
+    def respaced(self, n_steps: int) -> "DDPM":
+        """A shorter sampling schedule over ``n_steps`` evenly spaced timesteps of this one.
+
+        Same marginals ``a_bar`` at the kept steps, betas recomputed between them (Nichol &
+        Dhariwal, 2021). Sampling costs ``n_steps`` model calls instead of ``T``; the model is
+        still called with its training timesteps. ``n_steps >= T`` returns ``self``.
+        """
+        if n_steps >= self.T:
+            return self
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        keep = torch.linspace(0, self.T - 1, n_steps, device=self.device).round().long()
+        a_bar = self.a_bar[keep]
+        prev = torch.cat((torch.ones(1, device=self.device), a_bar[:-1]))
+        return DDPM(1 - a_bar / prev, self.device, model_t=self.model_t[keep])
+
+    def timesteps(self, n: int) -> torch.Tensor:
+        """``n`` training timesteps drawn uniformly from ``[0, T)``."""
+        return torch.randint(0, self.T, (n,), device=self.device)
+
+    def q(self, x_0: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``x_0`` to step ``t`` in one jump: returns ``(x_t, noise)``."""
+        noise = torch.randn_like(x_0)
+        x_t = (_per_sample(self.sqrt_a_bar, t, x_0) * x_0
+               + _per_sample(self.sqrt_one_minus_a_bar, t, x_0) * noise)
+        return x_t, noise
+
+    def get_loss(self, model, x_0: torch.Tensor, t: torch.Tensor, *model_args) -> torch.Tensor:
+        """MSE between the noise added by ``q`` and the model's estimate of it."""
+        x_noisy, noise = self.q(x_0, t)
+        noise_pred = model(x_noisy, t, *model_args)
+        return F.mse_loss(noise_pred.float(), noise)
+
+    @torch.no_grad()
+    def reverse_q(self, x_t: torch.Tensor, t: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        """One reverse step from ``x_t`` given the noise estimate ``e_t``.
+
+        All samples of a batch share the step. At ``t == 0`` it returns the mean; otherwise it
+        adds ``sqrt(B[t-1]) * z``.
+        """
+        t = t.reshape(-1).long()
+        e_t = e_t.to(x_t.dtype)
+        u_t = _per_sample(self.sqrt_a_inv, t, x_t) * (
+            x_t - _per_sample(self.pred_noise_coeff, t, x_t) * e_t)
+        if int(t[0]) == 0:
+            return u_t
+        return u_t + torch.sqrt(_per_sample(self.B, t - 1, x_t)) * torch.randn_like(x_t)
+
+    @torch.no_grad()
+    def sample(self, model, shape: Sequence[int], *model_args, store_every: int = 0,
+               progress: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run the reverse chain from pure noise: ``(x_0, [x_t every store_every steps])``."""
+        x_t = torch.randn(tuple(shape), device=self.device)
+        store = []
+        for i in _steps(self.T, progress):
+            t = torch.full((x_t.shape[0],), i, device=self.device)
+            x_t = self.reverse_q(x_t, t, model(x_t, self.model_t[t], *model_args))
+            if store_every and (i % store_every == 0):
+                store.append(x_t.cpu())
+        return x_t, store
+
+    @torch.no_grad()
+    def sample_images(self, model, img_ch: int, img_size: int, ncols: int, *model_args,
+                      axis_on: bool = False, save_path=None) -> torch.Tensor:
+        """The course's figure: one sample denoised from noise, ``ncols`` snapshots of its path."""
+        from .plotting import plot_trajectory
+        stride = max(1, self.T // ncols)
+        x_0, store = self.sample(model, (1, img_ch, img_size, img_size), *model_args,
+                                 store_every=stride)
+        plot_trajectory(store, axis_on=axis_on, save_path=save_path)
+        return x_0
+
+
+def _steps(T: int, progress: bool) -> Iterable[int]:
+    steps = range(T - 1, -1, -1)
+    if progress:
+        from tqdm.auto import tqdm
+        return tqdm(steps, desc="sampling", leave=False)
+    return steps
+
+
+# --- classifier-free guidance (labs 04-06) -------------------------------------------------------
+
+def get_context_mask(c: torch.Tensor, drop_prob: float, n_classes: Optional[int] = None):
+    """Context for guided training: ``(context, keep_mask)``.
+
+    Integer class labels become one-hot vectors (``n_classes`` wide); float context vectors
+    (e.g. CLIP embeddings) are used as they are. The mask keeps each element with probability
+    ``1 - drop_prob`` (the course's element-wise Bernoulli mask).
+    """
+    if not 0.0 <= drop_prob <= 1.0:
+        raise ValueError(f"drop_prob must lie in [0, 1], got {drop_prob}")
+    if c.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        if n_classes is None:
+            raise ValueError("integer class labels need n_classes= to build one-hot context")
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= n_classes):
+            raise ValueError(f"class labels must lie in [0, {n_classes}), got "
+                             f"[{int(c.min())}, {int(c.max())}]")
+        c = F.one_hot(c.long(), num_classes=n_classes).float()
+    c_mask = torch.bernoulli(torch.full_like(c, 1.0 - drop_prob, dtype=torch.float))
+    return c, c_mask
+
+
+def guided_noise(model, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                 w: torch.Tensor) -> torch.Tensor:
+    """``(1 + w) * e_keep - w * e_drop`` from one forward pass over a doubled batch."""
+    n = x_t.shape[0]
+    c2 = torch.cat((c, c))
+    c_mask = torch.ones_like(c2)
+    c_mask[n:] = 0.0
+    e = model(torch.cat((x_t, x_t)), torch.cat((t, t)), c2, c_mask).to(x_t.dtype)
+    e_keep, e_drop = e[:n], e[n:]
+    return (1 + w) * e_keep - w * e_drop
+
+
+@torch.no_grad()
+def sample_w(model, ddpm: DDPM, input_size: Sequence[int], T: int, c: torch.Tensor, device,
+             w_tests: Optional[Sequence[float]] = None, store_freq: int = 10,
+             progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Guided samples for every guidance weight in ``w_tests`` and every context row of ``c``.
+
+    Returns ``(x_0, x_t_store)``: ``x_0`` has ``len(w_tests) * len(c)`` images, w-major (row
+    ``i`` of a grid with ``len(c)`` columns is weight ``w_tests[i]``); ``x_t_store`` stacks the
+    batch every ``store_freq`` steps and at each of the last 10.
+    """
+    if w_tests is None:
+        w_tests = GUIDANCE_WEIGHTS
+    if len(c) == 0 or len(w_tests) == 0:
+        raise ValueError("sample_w needs at least one context row and one guidance weight")
+    if T not in (ddpm.T, int(ddpm.model_t[-1]) + 1):
+        raise ValueError(f"T={T} does not match the schedule ({ddpm.T} steps)")
+    T = ddpm.T
+    device = torch.device(device)
+    n_c = len(c)
+    n_samples = len(w_tests) * n_c
+    w = torch.tensor(list(w_tests), dtype=torch.float, device=device).repeat_interleave(n_c)
+    w = w[:, None, None, None]
+    c = c.float().to(device).repeat(len(w_tests), 1)
+    x_t = torch.randn(n_samples, *input_size, device=device)
+    store = []
+    for i in _steps(T, progress):
+        t = torch.full((n_samples,), i, device=device)
+        x_t = ddpm.reverse_q(x_t, t, guided_noise(model, x_t, ddpm.model_t[t], c, w))
+        if i % store_freq == 0 or i < 10:
+            store.append(x_t.cpu())
+    return x_t, torch.stack(store)
