@@ -38,6 +38,8 @@ class LabSettings:
     steps_per_epoch: Optional[int] = None  # cap on optimiser steps per epoch (None: a full pass)
     sample_every: int = 1                  # epochs between sample grids (flowers labs)
     preview_every: int = 100               # steps between previews in notebooks (0: none)
+    sample_steps: Optional[int] = None     # reverse steps when sampling (None: all T; fewer
+                                           # uses a respaced schedule, DDPM.respaced)
 
 
 # The course's settings, lab by lab (../shared/course-spec.md).
@@ -59,24 +61,28 @@ _SHRINK = {
     "quick": {
         "fmnist-unet": dict(epochs=1, steps_per_epoch=300, preview_every=100),
         "fmnist-ddpm": dict(epochs=1, steps_per_epoch=400, preview_every=0),
-        "fmnist-optimized": dict(epochs=1, steps_per_epoch=350, preview_every=0),
-        "fmnist-cfg": dict(epochs=1, steps_per_epoch=350, preview_every=0),
-        "flowers-cfg": dict(epochs=10, max_images=256, batch_size=32, lr=3e-4, sample_every=5),
-        "flowers-clip": dict(epochs=10, max_images=256, batch_size=32, lr=3e-4, sample_every=5),
-        "mnist-assessment": dict(epochs=1, steps_per_epoch=350),
+        "fmnist-optimized": dict(epochs=1, steps_per_epoch=300, batch_size=64, preview_every=0),
+        "fmnist-cfg": dict(epochs=1, steps_per_epoch=300, batch_size=64, preview_every=0),
+        "flowers-cfg": dict(epochs=4, max_images=128, batch_size=16, lr=3e-4, sample_every=4,
+                            sample_steps=25),
+        "flowers-clip": dict(epochs=4, max_images=128, batch_size=16, lr=3e-4, sample_every=4,
+                             sample_steps=25),
+        "mnist-assessment": dict(epochs=1, steps_per_epoch=300, batch_size=64),
     },
     "ci": {
         "fmnist-unet": dict(epochs=1, steps_per_epoch=4, max_images=1024, preview_every=2),
-        "fmnist-ddpm": dict(epochs=1, steps_per_epoch=4, max_images=1024, preview_every=0),
+        "fmnist-ddpm": dict(epochs=1, steps_per_epoch=4, max_images=1024, preview_every=0,
+                            sample_steps=10),
         "fmnist-optimized": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64,
-                                 preview_every=0),
+                                 preview_every=0, sample_steps=10),
         "fmnist-cfg": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64,
-                           preview_every=0),
+                           preview_every=0, sample_steps=5),
         "flowers-cfg": dict(epochs=2, steps_per_epoch=1, max_images=16, batch_size=8,
-                            sample_every=1),
+                            sample_every=1, sample_steps=2),
         "flowers-clip": dict(epochs=2, steps_per_epoch=1, max_images=16, batch_size=8,
-                             sample_every=1),
-        "mnist-assessment": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64),
+                             sample_every=1, sample_steps=2),
+        "mnist-assessment": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64,
+                                 sample_steps=5),
     },
 }
 
