@@ -60,11 +60,19 @@ LABS = tuple(_COURSE)
 _SHRINK = {
     "quick": {
         "fmnist-unet": dict(epochs=1, steps_per_epoch=300, preview_every=100),
-        "fmnist-ddpm": dict(epochs=1, steps_per_epoch=400, preview_every=0),
-        "fmnist-optimized": dict(epochs=1, steps_per_epoch=300, batch_size=64, preview_every=0),
-        "fmnist-cfg": dict(epochs=1, steps_per_epoch=300, batch_size=64, preview_every=0),
-        "flowers-cfg": dict(epochs=4, max_images=128, batch_size=16, lr=3e-4, sample_every=4,
-                            sample_steps=25),
+        # One full epoch (546 steps, ~2 min alone); sampling this small model is cheap.
+        "fmnist-ddpm": dict(epochs=1, preview_every=200),
+        # ~0.7 s a step at batch 64 alone: 260 steps ~3 min; 50-step sampling keeps previews
+        # and the final grid to seconds.
+        "fmnist-optimized": dict(epochs=1, steps_per_epoch=260, batch_size=64, preview_every=100,
+                                 sample_steps=50),
+        # Lab 04 whole notebook ~11 min alone: ~3 min training A, 50-step sampling of the
+        # 7 x 10 grid (a batch of 280); B ~10 s a step at batch 16 (24 steps), ~6 s per
+        # reverse step of the 7 x 3 grid, two grids.
+        "fmnist-cfg": dict(epochs=1, steps_per_epoch=260, batch_size=64, preview_every=0,
+                           sample_steps=50),
+        "flowers-cfg": dict(epochs=4, max_images=96, batch_size=16, lr=3e-4, sample_every=4,
+                            sample_steps=15),
         "flowers-clip": dict(epochs=4, max_images=128, batch_size=16, lr=3e-4, sample_every=4,
                              sample_steps=25),
         "mnist-assessment": dict(epochs=1, steps_per_epoch=300, batch_size=64),
@@ -77,7 +85,9 @@ _SHRINK = {
                                  preview_every=0, sample_steps=10),
         "fmnist-cfg": dict(epochs=1, steps_per_epoch=3, max_images=1024, batch_size=64,
                            preview_every=0, sample_steps=5),
-        "flowers-cfg": dict(epochs=2, steps_per_epoch=1, max_images=16, batch_size=8,
+        # One epoch: its grid is both the "every sample_every" and the last one (each grid is
+        # 2 reverse steps of a 44.5M-parameter model on a batch of 42).
+        "flowers-cfg": dict(epochs=1, steps_per_epoch=1, max_images=16, batch_size=8,
                             sample_every=1, sample_steps=2),
         "flowers-clip": dict(epochs=2, steps_per_epoch=1, max_images=16, batch_size=8,
                              sample_every=1, sample_steps=2),

@@ -196,3 +196,24 @@ def sample_w(model, ddpm: DDPM, input_size: Sequence[int], T: int, c: torch.Tens
         if i % store_freq == 0 or i < 10:
             store.append(x_t.cpu())
     return x_t, torch.stack(store)
+
+
+# --- pictures of the forward process (lab 02) -----------------------------------------------------
+
+@torch.no_grad()
+def forward_trajectory(ddpm: DDPM, x_0: torch.Tensor, recursive: bool = False) -> torch.Tensor:
+    """``x_1 ... x_T`` of one forward run from ``x_0``, stacked: ``[T, *x_0.shape]``.
+
+    ``recursive=True`` adds a little noise step by step, ``x_t = sqrt(1 - B[t]) x_{t-1} +
+    sqrt(B[t]) z`` (T updates); otherwise each ``x_t`` jumps straight from ``x_0`` with
+    :meth:`DDPM.q`. Both give the same distribution at every step.
+    """
+    x_0 = x_0.to(ddpm.device)
+    if not recursive:
+        return torch.stack([ddpm.q(x_0[None], torch.tensor([t], device=ddpm.device))[0][0]
+                            for t in range(ddpm.T)])
+    xs, x_t = [], x_0
+    for t in range(ddpm.T):
+        x_t = torch.sqrt(1 - ddpm.B[t]) * x_t + torch.sqrt(ddpm.B[t]) * torch.randn_like(x_t)
+        xs.append(x_t)
+    return torch.stack(xs)

@@ -150,3 +150,17 @@ def _as_pil(x) -> Image.Image:
     if array.dtype != np.uint8:
         array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
     return Image.fromarray(array.squeeze())
+
+
+def plot_image_grid(images: torch.Tensor, ncols: int, title: Optional[str] = None,
+                    save_path=None, size: float = 0.55) -> None:
+    """Many small images ``[N, C, H, W]`` as one unlabelled grid (fast: one axes, not N)."""
+    nrows = -(-len(images) // ncols)
+    fig, ax = plt.subplots(figsize=(size * ncols, size * nrows + (0.4 if title else 0)))
+    pil = make_grid(images, ncols)
+    ax.imshow(pil, cmap="gray" if pil.mode == "L" else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    _finish(fig, save_path)

@@ -14,13 +14,19 @@ from torch.utils.data import Dataset
 
 
 class TensorImageDataset(Dataset):
-    """Images ``[N, C, H, W]`` in [-1, 1] with integer labels ``[N]``; item = (image, label)."""
+    """Images ``[N, C, H, W]`` in [-1, 1] with integer labels ``[N]``; item = (image, label).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes=None):
+    ``paths`` (optional) names the source file of each image, e.g. to cache per-image encodings.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes=None, paths=None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if paths is not None and len(paths) != len(images):
+            raise ValueError(f"{len(images)} images but {len(paths)} paths")
         self.images, self.labels = images, labels
         self.classes = list(classes) if classes is not None else None
+        self.paths = list(paths) if paths is not None else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -34,7 +40,8 @@ class TensorImageDataset(Dataset):
             return self
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n]
-        return TensorImageDataset(self.images[idx], self.labels[idx], self.classes)
+        paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
+        return TensorImageDataset(self.images[idx], self.labels[idx], self.classes, paths)
 
 
 def random_hflip(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

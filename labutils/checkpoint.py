@@ -1,0 +1,184 @@
+"""Checkpoints that survive crashes, preemption and corrupt files.
+
+- Written atomically: a temporary file in the same folder, flushed and fsync'ed, then
+  ``os.replace``'d over the final name and the folder fsync'ed. A crash mid-write leaves the
+  previous checkpoints untouched.
+- Read with ``torch.load(..., weights_only=True)``: a checkpoint holds only tensors and plain
+  containers (dict, list, tuple, str, int, float, bool, None), so loading one cannot run code.
+  That is why the Python and NumPy RNG states are stored converted to tensors.
+- A run folder keeps the newest ``keep`` files ``ckpt-step00001234.pt``; resuming takes the
+  newest one that loads, reporting (and skipping) truncated or corrupt ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+FORMAT = 1
+_NAME = re.compile(r"^ckpt-step(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+# --- RNG states as tensors ------------------------------------------------------------------
+
+def rng_state() -> Dict:
+    """This process's Python, NumPy, torch CPU and CUDA RNG states, as weights_only-safe values."""
+    py_version, py_state, py_gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state = {
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached": float(np_cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: Dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state(("MT19937", nps["keys"].numpy().astype(np.uint32), nps["pos"],
+                         nps["has_gauss"], nps["cached"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --- atomic save, safe load -----------------------------------------------------------------
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def umask_mode() -> int:
+    """The mode a new file gets under this process's umask (mkstemp's files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_atomic(obj, path) -> Path:
+    """``torch.save`` to ``path`` so that ``path`` is always either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, umask_mode())
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> Dict:
+    """Load a checkpoint written by this module; :class:`CheckpointError` says why one is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = [l.strip() for l in str(err).splitlines() if "Unsupported global" in l]
+        first = detail[0].split(" was not")[0] if detail else type(err).__name__
+        first = first.replace("WeightsUnpickler error: ", "")
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers, "
+            f"and labutils only loads checkpoints with weights_only=True ({first})") from None
+    except Exception as err:  # truncated zip, not a torch file, I/O error...
+        raise CheckpointError(f"{path}: unreadable (truncated or corrupt?): "
+                              f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "model" not in obj:
+        raise CheckpointError(f"{path}: not a labutils checkpoint (format {FORMAT} with a model)")
+    return obj
+
+
+# --- a run folder's checkpoints -------------------------------------------------------------
+
+class CheckpointDir:
+    """The checkpoints of one run: ``<dir>/ckpt-step<step>.pt``, newest ``keep`` kept."""
+
+    def __init__(self, directory, keep: int = 3):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.directory, self.keep = Path(directory), keep
+
+    def path_for(self, step: int) -> Path:
+        return self.directory / f"ckpt-step{step:08d}.pt"
+
+    def list(self) -> List[Tuple[int, Path]]:
+        """``(step, path)`` of every checkpoint here, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for p in self.directory.iterdir():
+            m = _NAME.match(p.name)
+            if m and p.is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def save(self, state: Dict, step: int) -> Path:
+        path = save_atomic(state, self.path_for(step))
+        for _, old in self.list()[:-self.keep]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        return path
+
+    def latest(self, report: Optional[Callable[[str], None]] = None
+               ) -> Optional[Tuple[Path, Dict]]:
+        """The newest checkpoint that loads, ``(path, state)``; None when there is none at all.
+
+        Unreadable newer files are reported through ``report`` and skipped; when every file is
+        unreadable a :class:`CheckpointError` lists them all (we never silently start over).
+        """
+        problems = []
+        for _, path in reversed(self.list()):
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as err:
+                problems.append(str(err))
+                if report is not None:
+                    report(f"skipping {err}")
+        if problems:
+            raise CheckpointError("no usable checkpoint in " + str(self.directory) + ":\n  "
+                                  + "\n  ".join(problems))
+        return None
+
+    def clean_temporaries(self) -> None:
+        """Remove temporary files left by a process killed while saving."""
+        if self.directory.is_dir():
+            for p in self.directory.glob(".ckpt-step*.tmp"):
+                with contextlib.suppress(OSError):
+                    p.unlink()

@@ -1,0 +1,115 @@
+"""Explore a trained guided model: pick a context (class or prompt) and a guidance weight.
+
+The contexts are named by strings (class names in lab 04, prompts in lab 05); ``context_fn``
+turns a list of names into the model's context rows. Widgets only render in a live Jupyter
+front end, so :func:`guidance_explorer` always draws a static weight x context grid first.
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion import DDPM, GUIDANCE_WEIGHTS, sample_w
+from .plotting import make_grid, plot_grid
+
+ContextFn = Callable[[Sequence[str]], torch.Tensor]
+
+
+def one_hot_context(class_names: Sequence[str], device=None) -> ContextFn:
+    """``context_fn`` for class-conditioned models: names -> one-hot rows over ``class_names``."""
+    names = list(class_names)
+
+    def context(chosen: Sequence[str]) -> torch.Tensor:
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise ValueError(f"unknown classes {unknown}; the model knows {names}")
+        idx = torch.tensor([names.index(c) for c in chosen], device=device)
+        return F.one_hot(idx, len(names)).float()
+    return context
+
+
+def _sample(model, ddpm: DDPM, img_shape: Sequence[int], context: torch.Tensor,
+            w_values: Sequence[float], device):
+    was_training = model.training
+    model.eval()
+    try:
+        return sample_w(model, ddpm, img_shape, ddpm.T, context, device, w_tests=list(w_values))
+    finally:
+        model.train(was_training)
+
+
+def guided_samples(model, ddpm: DDPM, context_fn: ContextFn, name: str, w: float,
+                   n: int, img_shape: Sequence[int], device=None) -> torch.Tensor:
+    """``n`` samples ``[n, C, H, W]`` of context ``name`` at guidance weight ``w``."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    device = device if device is not None else ddpm.device
+    context = context_fn([name]).to(device).repeat(n, 1)
+    x_0, _ = _sample(model, ddpm, img_shape, context, [w], device)
+    return x_0.cpu()
+
+
+def plot_guidance_grid(images: torch.Tensor, names: Sequence[str],
+                       w_values: Sequence[float] = GUIDANCE_WEIGHTS, title: Optional[str] = None,
+                       save_path=None) -> None:
+    """A ``sample_w`` result (w-major) as rows of weights and columns of contexts."""
+    if len(images) != len(w_values) * len(names):
+        raise ValueError(f"{len(images)} images do not fill {len(w_values)} weights x "
+                         f"{len(names)} contexts")
+    plot_grid(images, ncols=len(names), row_labels=[f"w = {w:g}" for w in w_values],
+              col_labels=list(names), title=title, save_path=save_path)
+
+
+def guidance_explorer(model, ddpm: DDPM, class_names: Sequence[str], context_fn: ContextFn,
+                      img_shape: Sequence[int], *, device=None,
+                      w_values: Sequence[float] = GUIDANCE_WEIGHTS, n_samples: int = 4,
+                      grid: Optional[torch.Tensor] = None, save_path=None, scale: int = 4,
+                      widgets: bool = True):
+    """Pick a class (or prompt) and a weight ``w``; press *Sample* to see ``n_samples`` of them.
+
+    Always draws the static grid first: ``grid`` (a ``sample_w`` result over ``w_values`` x
+    ``class_names``, e.g. the one the notebook already made) or, when None, a fresh one.
+    Returns the ipywidgets box, or None when ipywidgets is missing or ``widgets=False``.
+    ``ddpm`` may be a respaced schedule (fewer reverse steps: one click costs
+    ``ddpm.T`` forward passes of a batch of ``2 * n_samples``).
+    """
+    names = list(class_names)
+    device = device if device is not None else ddpm.device
+    if grid is None:
+        grid, _ = _sample(model, ddpm, img_shape, context_fn(names).to(device), w_values, device)
+    plot_guidance_grid(grid.cpu(), names, w_values, save_path=save_path,
+                       title="guided samples: rows w, columns " +
+                             ("classes" if len(names) <= 10 else "contexts"))
+    if not widgets:
+        return None
+    try:
+        import ipywidgets as ipw
+    except ImportError:
+        print("ipywidgets is not installed: the static grid above stands in for the explorer")
+        return None
+
+    choice = ipw.Dropdown(options=names, description="class")
+    weight = ipw.SelectionSlider(options=list(w_values), value=list(w_values)[len(w_values) // 2],
+                                 description="w")
+    button = ipw.Button(description="Sample", button_style="primary")
+    picture = ipw.Image(format="png")
+    caption = ipw.Label("Pick a class and a guidance weight, then press Sample.")
+
+    def on_click(_=None) -> None:
+        button.disabled = True
+        caption.value = f"sampling {n_samples} x {choice.value!r} at w = {weight.value:g} ..."
+        try:
+            images = guided_samples(model, ddpm, context_fn, choice.value, weight.value,
+                                    n_samples, img_shape, device)
+            buf = io.BytesIO()
+            make_grid(images, ncols=n_samples, scale=scale).save(buf, format="PNG")
+            picture.value = buf.getvalue()
+            caption.value = f"{n_samples} samples of {choice.value!r} at w = {weight.value:g}"
+        finally:
+            button.disabled = False
+
+    button.on_click(on_click)
+    return ipw.VBox([ipw.HBox([choice, weight, button]), picture, caption])

@@ -1,0 +1,80 @@
+"""Previews while a model trains: ``on_step`` hooks for :func:`labutils.train`.
+
+Each hook switches the model to eval mode for the preview (BatchNorm uses its running
+statistics, no gradients) and back to training mode afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+
+from .diffusion import DDPM
+from .plotting import plot_image_rows
+
+OnStep = Callable[[int, int, float], None]
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """Eval mode and no gradients inside the block; the model's previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def denoise_triples(model, images: torch.Tensor, noise_fn: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lab 01's picture: ``(original, noised, predicted)`` for a batch of clean images."""
+    with evaluating(model):
+        noised = noise_fn(images)
+        return images, noised, model(noised)
+
+
+def plot_denoise_triples(model, images, noise_fn, title: str = "", save_path=None) -> None:
+    original, noised, predicted = denoise_triples(model, images, noise_fn)
+    plot_image_rows([original, noised, predicted],
+                    [f"{title}original".strip(), "noised", "predicted"],
+                    ncols=len(images), save_path=save_path)
+
+
+def denoising_preview(model, images: torch.Tensor, noise_fn, every: int,
+                      save_dir: Optional[Path] = None) -> Optional[OnStep]:
+    """Every ``every`` steps, draw (and save) original / noised / predicted; ``every=0``: none."""
+    if every <= 0:
+        return None
+
+    def on_step(step: int, epoch: int, loss: float) -> None:
+        if step % every == 0:
+            path = Path(save_dir) / f"preview_step{step:05d}.png" if save_dir else None
+            print(f"epoch {epoch} | step {step:05d} | loss {loss:.4f}")
+            plot_denoise_triples(model, images, noise_fn, f"step {step}: ", save_path=path)
+    return on_step
+
+
+def sample_row(model, sampler: DDPM, shape: Sequence[int], *model_args) -> torch.Tensor:
+    """Samples of ``shape`` ``[N, C, H, W]`` from pure noise, the model in eval mode."""
+    with evaluating(model):
+        x_0, _ = sampler.sample(model, shape, *model_args)
+    return x_0
+
+
+def sampling_preview(model, sampler: DDPM, every: int, shape: Sequence[int],
+                     save_dir: Optional[Path] = None) -> Optional[OnStep]:
+    """Every ``every`` steps, sample a row of images with ``sampler`` and draw (and save) it."""
+    if every <= 0:
+        return None
+
+    def on_step(step: int, epoch: int, loss: float) -> None:
+        if step % every == 0:
+            path = Path(save_dir) / f"preview_step{step:05d}.png" if save_dir else None
+            print(f"epoch {epoch} | step {step:05d} | loss {loss:.4f}")
+            plot_image_rows([sample_row(model, sampler, shape)], [f"samples at step {step}"],
+                            ncols=shape[0], save_path=path)
+    return on_step
