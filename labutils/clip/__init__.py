@@ -16,7 +16,7 @@ from .encoder import (DEFAULT_MODEL, EMBED_DIM, ClipEncoder, ClipUnavailableErro
 from .standin import (STANDIN, TINY, StandinConfig, build_standin, config_for_profile,
                       default_cache_dir, heldout_flowers, load_standin, split_paths,
                       train_standin_clip, zero_shot_accuracy, zero_shot_prompts)
-from .figures import plot_similarity, prompt_explorer, text_context
+from .figures import plot_similarity, prompt_explorer, text_context, wrap_label
 
 __all__ = [
     "CacheFormatError", "CacheMismatchError", "embedding_cache", "read_cache",
@@ -27,5 +27,5 @@ __all__ = [
     "STANDIN", "TINY", "StandinConfig", "build_standin", "config_for_profile",
     "default_cache_dir", "heldout_flowers", "load_standin", "split_paths", "train_standin_clip",
     "zero_shot_accuracy", "zero_shot_prompts",
-    "plot_similarity", "prompt_explorer", "text_context",
+    "plot_similarity", "prompt_explorer", "text_context", "wrap_label",
 ]

@@ -34,13 +34,14 @@ def plot_similarity(images: Sequence, captions: Sequence[str], sims: torch.Tenso
         for j in range(n_cap):
             ax.text(i, j, f"{sims[i, j]:.2f}", ha="center", va="center", color="w", fontsize=9)
     ax.set_xticks([])
-    ax.set_yticks(range(n_cap), [_wrap(c) for c in captions], fontsize=8)
+    ax.set_yticks(range(n_cap), [wrap_label(c) for c in captions], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     _finish(fig, save_path)
 
 
-def _wrap(text: str, width: int = 28) -> str:
+def wrap_label(text: str, width: int = 28) -> str:
+    """A prompt broken into lines for a figure label (CLIP reads line breaks as spaces)."""
     words, lines, line = text.split(), [], ""
     for w in words:
         if line and len(line) + len(w) + 1 > width:
@@ -76,7 +77,8 @@ def prompt_explorer(model, ddpm: DDPM, encoder, prompts: Sequence[str],
     (it stands in where widgets do not render). Returns the widget box, or None."""
     device = device if device is not None else ddpm.device
     context_fn = text_context(encoder, device)
-    guidance_explorer(model, ddpm, prompts, context_fn, img_shape, device=device,
+    labels = [wrap_label(p, 18) for p in prompts]
+    guidance_explorer(model, ddpm, labels, context_fn, img_shape, device=device,
                       w_values=w_values, n_samples=n_samples, grid=grid, save_path=save_path,
                       widgets=False)
     try:
