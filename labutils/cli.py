@@ -109,30 +109,6 @@ class StopRequest:
 
 # --- train --------------------------------------------------------------------------------------
 
-class _AugmentAfterSkip:
-    """A BatchLoader that augments only the batches the loop trains on.
-
-    ``train(start_step=...)`` skips the batches done before a resume; augmenting those would
-    draw random numbers an uninterrupted run never drew, so a resumed run would diverge.
-    """
-
-    def __init__(self, loader, augment, start_step: int):
-        self.loader, self.augment, self.start_step = loader, augment, start_step
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        skip = self.start_step - self.epoch * len(self.loader)
-        for b, (x, y) in enumerate(self.loader):
-            yield (x if b < skip else self.augment(x)), y
-
-
 def _settings_for(args, state) -> "LabSettings":
     from .config import lab_settings
     if state is None:
@@ -243,7 +219,7 @@ def _train(args, ctx) -> int:
     ctx.barrier()
     if data is None:
         data = recipe.dataset(args.data_dir)
-    loader = BatchLoader(data, settings.batch_size, augment=None, device=ctx.device,
+    loader = BatchLoader(data, settings.batch_size, augment=recipe.augment(), device=ctx.device,
                          max_batches=settings.steps_per_epoch, rank=ctx.rank,
                          world_size=ctx.world_size, seed=seed)
     start_step = 0
@@ -251,7 +227,6 @@ def _train(args, ctx) -> int:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
-    loader = _AugmentAfterSkip(loader, recipe.augment(), start_step)
     steps_per_epoch = len(loader)
     total_steps = settings.epochs * steps_per_epoch
     examples = data.images[:8] if settings.lab == "fmnist-unet" else None

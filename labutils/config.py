@@ -152,7 +152,8 @@ def seed_everything(seed: int = 0) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def _cpu_flags() -> set:
+def cpu_flags() -> set:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is missing)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -165,7 +166,7 @@ def _cpu_flags() -> set:
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags:
         return bool(flags & {"amx_bf16", "avx512_bf16"})
     with contextlib.suppress(Exception):  # non-Linux: ask oneDNN

@@ -11,6 +11,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .models import evaluating
+
 GUIDANCE_WEIGHTS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
@@ -101,14 +103,17 @@ class DDPM:
     @torch.no_grad()
     def sample(self, model, shape: Sequence[int], *model_args, store_every: int = 0,
                progress: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Run the reverse chain from pure noise: ``(x_0, [x_t every store_every steps])``."""
+        """Run the reverse chain from pure noise: ``(x_0, [x_t every store_every steps])``.
+
+        The model runs in eval mode (its previous mode is restored afterwards)."""
         x_t = torch.randn(tuple(shape), device=self.device)
         store = []
-        for i in _steps(self.T, progress):
-            t = torch.full((x_t.shape[0],), i, device=self.device)
-            x_t = self.reverse_q(x_t, t, model(x_t, self.model_t[t], *model_args))
-            if store_every and (i % store_every == 0):
-                store.append(x_t.cpu())
+        with evaluating(model):
+            for i in _steps(self.T, progress):
+                t = torch.full((x_t.shape[0],), i, device=self.device)
+                x_t = self.reverse_q(x_t, t, model(x_t, self.model_t[t], *model_args))
+                if store_every and (i % store_every == 0):
+                    store.append(x_t.cpu())
         return x_t, store
 
     @torch.no_grad()
@@ -190,11 +195,12 @@ def sample_w(model, ddpm: DDPM, input_size: Sequence[int], T: int, c: torch.Tens
     c = c.float().to(device).repeat(len(w_tests), 1)
     x_t = torch.randn(n_samples, *input_size, device=device)
     store = []
-    for i in _steps(T, progress):
-        t = torch.full((n_samples,), i, device=device)
-        x_t = ddpm.reverse_q(x_t, t, guided_noise(model, x_t, ddpm.model_t[t], c, w))
-        if i % store_freq == 0 or i < 10:
-            store.append(x_t.cpu())
+    with evaluating(model):
+        for i in _steps(T, progress):
+            t = torch.full((n_samples,), i, device=device)
+            x_t = ddpm.reverse_q(x_t, t, guided_noise(model, x_t, ddpm.model_t[t], c, w))
+            if i % store_freq == 0 or i < 10:
+                store.append(x_t.cpu())
     return x_t, torch.stack(store)
 
 

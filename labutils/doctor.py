@@ -137,7 +137,7 @@ def _clip_weights() -> Tuple[bool, str]:
 def run_doctor(data_dir: Optional[str] = None) -> int:
     import torch
 
-    from .config import _cpu_flags, cpu_supports_bf16
+    from .config import cpu_flags, cpu_supports_bf16
     advice: List[str] = []
 
     _section("Python")
@@ -183,7 +183,7 @@ def run_doctor(data_dir: Optional[str] = None) -> int:
     _section("CPU")
     model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo")
                   if line.startswith("model name")), platform.processor() or "unknown")
-    flags = _cpu_flags()
+    flags = cpu_flags()
     speed = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
              if f in flags]
     print(f"{model}; {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} "

@@ -31,16 +31,6 @@ def one_hot_context(class_names: Sequence[str], device=None) -> ContextFn:
     return context
 
 
-def _sample(model, ddpm: DDPM, img_shape: Sequence[int], context: torch.Tensor,
-            w_values: Sequence[float], device):
-    was_training = model.training
-    model.eval()
-    try:
-        return sample_w(model, ddpm, img_shape, ddpm.T, context, device, w_tests=list(w_values))
-    finally:
-        model.train(was_training)
-
-
 def guided_samples(model, ddpm: DDPM, context_fn: ContextFn, name: str, w: float,
                    n: int, img_shape: Sequence[int], device=None) -> torch.Tensor:
     """``n`` samples ``[n, C, H, W]`` of context ``name`` at guidance weight ``w``."""
@@ -48,7 +38,7 @@ def guided_samples(model, ddpm: DDPM, context_fn: ContextFn, name: str, w: float
         raise ValueError(f"n must be at least 1, got {n}")
     device = device if device is not None else ddpm.device
     context = context_fn([name]).to(device).repeat(n, 1)
-    x_0, _ = _sample(model, ddpm, img_shape, context, [w], device)
+    x_0, _ = sample_w(model, ddpm, img_shape, ddpm.T, context, device, w_tests=[w])
     return x_0.cpu()
 
 
@@ -67,20 +57,24 @@ def guidance_explorer(model, ddpm: DDPM, class_names: Sequence[str], context_fn:
                       img_shape: Sequence[int], *, device=None,
                       w_values: Sequence[float] = GUIDANCE_WEIGHTS, n_samples: int = 4,
                       grid: Optional[torch.Tensor] = None, save_path=None, scale: int = 4,
-                      widgets: bool = True):
+                      widgets: bool = True, free_text: bool = False,
+                      labels: Optional[Sequence[str]] = None):
     """Pick a class (or prompt) and a weight ``w``; press *Sample* to see ``n_samples`` of them.
 
     Always draws the static grid first: ``grid`` (a ``sample_w`` result over ``w_values`` x
     ``class_names``, e.g. the one the notebook already made) or, when None, a fresh one.
     Returns the ipywidgets box, or None when ipywidgets is missing or ``widgets=False``.
+    ``free_text=True`` lets the user type any context name (a prompt, for CLIP) instead of
+    picking one of ``class_names``; ``labels`` are the grid's column titles (default: the names).
     ``ddpm`` may be a respaced schedule (fewer reverse steps: one click costs
     ``ddpm.T`` forward passes of a batch of ``2 * n_samples``).
     """
     names = list(class_names)
     device = device if device is not None else ddpm.device
     if grid is None:
-        grid, _ = _sample(model, ddpm, img_shape, context_fn(names).to(device), w_values, device)
-    plot_guidance_grid(grid.cpu(), names, w_values, save_path=save_path,
+        grid, _ = sample_w(model, ddpm, img_shape, ddpm.T, context_fn(names).to(device), device,
+                           w_tests=list(w_values))
+    plot_guidance_grid(grid.cpu(), list(labels) if labels else names, w_values, save_path=save_path,
                        title="guided samples: rows w, columns " +
                              ("classes" if len(names) <= 10 else "contexts"))
     if not widgets:
@@ -91,23 +85,35 @@ def guidance_explorer(model, ddpm: DDPM, class_names: Sequence[str], context_fn:
         print("ipywidgets is not installed: the static grid above stands in for the explorer")
         return None
 
-    choice = ipw.Dropdown(options=names, description="class")
+    if free_text:
+        choice = ipw.Combobox(value=names[0], options=names, placeholder="type a prompt",
+                              description="prompt", ensure_option=False,
+                              layout=ipw.Layout(width="420px"))
+    else:
+        choice = ipw.Dropdown(options=names, description="class")
     weight = ipw.SelectionSlider(options=list(w_values), value=list(w_values)[len(w_values) // 2],
                                  description="w")
     button = ipw.Button(description="Sample", button_style="primary")
     picture = ipw.Image(format="png")
-    caption = ipw.Label("Pick a class and a guidance weight, then press Sample.")
+    caption = ipw.Label(("Type a prompt" if free_text else "Pick a class") +
+                        " and a guidance weight, then press Sample.")
 
     def on_click(_=None) -> None:
+        name = choice.value.strip()
+        if not name:
+            caption.value = "type a prompt first"
+            return
         button.disabled = True
-        caption.value = f"sampling {n_samples} x {choice.value!r} at w = {weight.value:g} ..."
+        caption.value = f"sampling {n_samples} x {name!r} at w = {weight.value:g} ..."
         try:
-            images = guided_samples(model, ddpm, context_fn, choice.value, weight.value,
-                                    n_samples, img_shape, device)
+            images = guided_samples(model, ddpm, context_fn, name, weight.value, n_samples,
+                                    img_shape, device)
             buf = io.BytesIO()
             make_grid(images, ncols=n_samples, scale=scale).save(buf, format="PNG")
             picture.value = buf.getvalue()
-            caption.value = f"{n_samples} samples of {choice.value!r} at w = {weight.value:g}"
+            caption.value = f"{n_samples} samples of {name!r} at w = {weight.value:g}"
+        except ValueError as err:  # e.g. a prompt longer than CLIP's context
+            caption.value = f"error: {err}"
         finally:
             button.disabled = False
 

@@ -15,7 +15,7 @@ import torch
 
 from .config import ConfigError, LabSettings
 from .diffusion import DDPM, GUIDANCE_WEIGHTS, sample_w
-from .models import BasicUNet, UNet
+from .models import BasicUNet, UNet, evaluating
 from .training import ddpm_loss, denoising_loss, guided_ddpm_loss
 
 # Lab 05's sampling prompts (course-spec.md).
@@ -189,7 +189,6 @@ class Recipe:
         one_hot = torch.nn.functional.one_hot(torch.tensor(idx), len(classes)).float()
         return one_hot.to(self.device), [classes[i] for i in idx]
 
-    @torch.no_grad()
     def sample(self, model: torch.nn.Module, *, classes: Optional[Sequence[str]] = None,
                prompts: Optional[Sequence[str]] = None, weights: Optional[Sequence[float]] = None,
                steps: Optional[int] = None, n: int = 16, examples: Optional[torch.Tensor] = None,
@@ -201,9 +200,7 @@ class Recipe:
         class (or prompt) grid.
         """
         s = self.settings
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             if self.lab == "fmnist-unet":
                 if examples is not None:
                     x = examples[:8].to(self.device)
@@ -231,8 +228,6 @@ class Recipe:
                                 self.device, weights, store_freq=every)
             return Samples(x, len(c), store, row_labels=[f"w={w:g}" for w in weights],
                            col_labels=labels)
-        finally:
-            model.train(was_training)
 
 
 @contextlib.contextmanager

@@ -48,7 +48,8 @@ def make_grid(images: torch.Tensor, ncols: int, pad: int = 1, scale: int = 1) ->
     return pil
 
 
-def _finish(fig, save_path, show: bool = True) -> None:
+def finish_figure(fig, save_path, show: bool = True) -> None:
+    """Save ``fig`` (when ``save_path``), then show it inline in a notebook or close it."""
     if save_path is not None:
         Path(save_path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save_path, bbox_inches="tight", dpi=100)
@@ -65,7 +66,7 @@ def plot_generated_images(noise: torch.Tensor, result: torch.Tensor, save_path=N
         ax.set_title(title, fontsize=9)
         ax.axis("off")
         show_tensor_image(img, ax)
-    _finish(fig, save_path)
+    finish_figure(fig, save_path)
 
 
 def plot_image_rows(rows: Sequence[torch.Tensor], titles: Sequence[str], ncols: int = 8,
@@ -78,7 +79,7 @@ def plot_image_rows(rows: Sequence[torch.Tensor], titles: Sequence[str], ncols: 
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    _finish(fig, save_path)
+    finish_figure(fig, save_path)
 
 
 def plot_trajectory(store: Sequence[torch.Tensor], axis_on: bool = False, save_path=None,
@@ -91,7 +92,7 @@ def plot_trajectory(store: Sequence[torch.Tensor], axis_on: bool = False, save_p
             ax.set_title(labels[k], fontsize=7)
         if not axis_on:
             ax.axis("off")
-    _finish(fig, save_path)
+    finish_figure(fig, save_path)
 
 
 def plot_grid(images: torch.Tensor, ncols: int, row_labels=None, col_labels=None,
@@ -114,7 +115,7 @@ def plot_grid(images: torch.Tensor, ncols: int, row_labels=None, col_labels=None
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _finish(fig, save_path)
+    finish_figure(fig, save_path)
 
 
 def save_animation(xs: Sequence, gif_name, interval: int = 300, repeat_delay: int = 5000) -> Path:
@@ -163,4 +164,4 @@ def plot_image_grid(images: torch.Tensor, ncols: int, title: Optional[str] = Non
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
-    _finish(fig, save_path)
+    finish_figure(fig, save_path)

@@ -5,28 +5,16 @@ statistics, no gradients) and back to training mode afterwards.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
 from .diffusion import DDPM
+from .models import evaluating  # noqa: F401  (notebooks import it from here too)
 from .plotting import plot_image_rows
 
 OnStep = Callable[[int, int, float], None]
-
-
-@contextlib.contextmanager
-def evaluating(model: torch.nn.Module):
-    """Eval mode and no gradients inside the block; the model's previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
 
 
 def denoise_triples(model, images: torch.Tensor, noise_fn: Callable[[torch.Tensor], torch.Tensor]

@@ -8,6 +8,7 @@ stop on request (preemption), and timing numbers to compare machines with.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from typing import Callable, List, Optional
@@ -106,12 +107,13 @@ def train(model: torch.nn.Module, loss_fn: LossFn, loader, optimizer: torch.opti
     try:
         for epoch in range(result.epoch, epochs):
             skip = result.step - epoch * steps_per_epoch   # batches done before a resume
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
+            if hasattr(loader, "set_epoch"):   # BatchLoader: skips without building batches
+                loader.set_epoch(epoch, start_batch=skip)
+                batches = loader
+            else:
+                batches = itertools.islice(loader, skip, None)
             t_epoch = time.perf_counter()
-            for b, (x, y) in enumerate(loader):
-                if b < skip:
-                    continue
+            for x, y in batches:
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, amp):
                     loss = loss_fn(model, x, y)

@@ -158,3 +158,19 @@ def test_sample_w_shapes(small_guided_model):
     assert x_0.shape == (3, 1, 8, 8) and store.shape == (4, 3, 1, 8, 8)
     with pytest.raises(ValueError, match="does not match"):
         sample_w(small_guided_model, ddpm, (1, 8, 8), 150, c, "cpu")
+
+
+def test_samplers_run_the_model_in_eval_mode_and_restore_its_mode(ddpm):
+    modes = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, t, *context):
+            modes.append(self.training)
+            return torch.zeros_like(x)
+
+    model = Recorder().train()
+    ddpm.respaced(3).sample(model, (1, 1, 4, 4))
+    short = ddpm.respaced(3)
+    sample_w(model, short, (1, 4, 4), short.T, torch.eye(2), "cpu", w_tests=[0.0])
+    assert len(modes) == 6 and not any(modes)   # BatchNorm would use running statistics
+    assert model.training                        # and training can go on afterwards

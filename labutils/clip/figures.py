@@ -1,8 +1,6 @@
 """Lab 05's pictures: the image x caption similarity matrix, and a prompt explorer."""
 from __future__ import annotations
 
-import io
-from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
@@ -10,8 +8,8 @@ import torch
 from PIL import Image
 
 from ..diffusion import DDPM, GUIDANCE_WEIGHTS
-from ..explorers import ContextFn, guidance_explorer, guided_samples
-from ..plotting import _finish, make_grid
+from ..explorers import ContextFn, guidance_explorer
+from ..plotting import finish_figure
 
 
 def plot_similarity(images: Sequence, captions: Sequence[str], sims: torch.Tensor,
@@ -37,7 +35,7 @@ def plot_similarity(images: Sequence, captions: Sequence[str], sims: torch.Tenso
     ax.set_yticks(range(n_cap), [wrap_label(c) for c in captions], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    _finish(fig, save_path)
+    finish_figure(fig, save_path)
 
 
 def wrap_label(text: str, width: int = 28) -> str:
@@ -76,43 +74,7 @@ def prompt_explorer(model, ddpm: DDPM, encoder, prompts: Sequence[str],
     """Type a prompt, pick ``w``, press *Sample*. The static w x prompt grid is drawn first
     (it stands in where widgets do not render). Returns the widget box, or None."""
     device = device if device is not None else ddpm.device
-    context_fn = text_context(encoder, device)
-    labels = [wrap_label(p, 18) for p in prompts]
-    guidance_explorer(model, ddpm, labels, context_fn, img_shape, device=device,
-                      w_values=w_values, n_samples=n_samples, grid=grid, save_path=save_path,
-                      widgets=False)
-    try:
-        import ipywidgets as ipw
-    except ImportError:
-        print("ipywidgets is not installed: the static grid above stands in for the explorer")
-        return None
-    text = ipw.Combobox(value=prompts[0], options=list(prompts), placeholder="type a prompt",
-                        description="prompt", ensure_option=False,
-                        layout=ipw.Layout(width="420px"))
-    weight = ipw.SelectionSlider(options=list(w_values), value=list(w_values)[len(w_values) // 2],
-                                 description="w")
-    button = ipw.Button(description="Sample", button_style="primary")
-    picture = ipw.Image(format="png")
-    caption = ipw.Label("Type a prompt (at most 77 CLIP tokens), pick w, press Sample.")
-
-    def on_click(_=None) -> None:
-        button.disabled = True
-        prompt = text.value.strip()
-        try:
-            if not prompt:
-                caption.value = "type a prompt first"
-                return
-            caption.value = f"sampling {n_samples} x {prompt!r} at w = {weight.value:g} ..."
-            images = guided_samples(model, ddpm, context_fn, prompt, weight.value, n_samples,
-                                    img_shape, device)
-            buf = io.BytesIO()
-            make_grid(images, ncols=n_samples, scale=scale).save(buf, format="PNG")
-            picture.value = buf.getvalue()
-            caption.value = f"{n_samples} samples of {prompt!r} at w = {weight.value:g}"
-        except ValueError as err:  # e.g. a prompt longer than CLIP's context
-            caption.value = f"error: {err}"
-        finally:
-            button.disabled = False
-
-    button.on_click(on_click)
-    return ipw.VBox([ipw.HBox([text, weight, button]), picture, caption])
+    return guidance_explorer(model, ddpm, list(prompts), text_context(encoder, device), img_shape,
+                             device=device, w_values=w_values, n_samples=n_samples, grid=grid,
+                             save_path=save_path, scale=scale, free_text=True,
+                             labels=[wrap_label(p, 18) for p in prompts])

@@ -47,7 +47,7 @@ class StandinConfig:
     vision_width: int = 16          # ResNet stem width; attention-pool heads = width / 2
     transformer_width: int = 64     # text transformer (heads = width / 64, as build_model infers)
     transformer_layers: int = 2
-    epochs: int = 25
+    epochs: int = 40               # 25 gave 79% zero-shot on the held-out photos, 40 gives 82%
     max_steps: Optional[int] = None     # train exactly this many steps (epochs then ignored)
     batch_size: int = 128
     lr: float = 2e-3

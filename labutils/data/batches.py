@@ -85,14 +85,18 @@ class BatchLoader:
         self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
         self.device = torch.device(device) if device is not None else dataset.images.device
         self.max_batches, self.rank, self.world_size = max_batches, rank, world_size
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.start_batch = seed, 0, 0
         # Keep the images where training happens: one copy, moved once.
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the shuffle of ``epoch`` (resuming mid-run gives the same order)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the shuffle of ``epoch`` and start at its batch ``start_batch``.
+
+        A resumed run sees the same order, and skipped batches are neither built nor augmented
+        (augmenting them would draw random numbers an uninterrupted run never drew).
+        """
+        self.epoch, self.start_batch = epoch, start_batch
 
     def _per_process(self) -> int:
         return len(self.dataset) // self.world_size
@@ -111,8 +115,9 @@ class BatchLoader:
             order = torch.arange(n)
         per = self._per_process()
         order = order[self.rank * per:(self.rank + 1) * per].to(self.device)
+        start, self.start_batch = self.start_batch, 0
         self.epoch += 1
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images[idx]
             if self.augment is not None:

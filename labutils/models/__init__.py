@@ -2,8 +2,9 @@
 from .blocks import (BasicDownBlock, BasicUpBlock, ConvBNReLU, DenseBottleneck, DownBlock,
                      EmbedBlock, GELUConvBlock, RearrangePoolBlock, ResidualConvBlock,
                      SinusoidalPositionEmbedBlock, UpBlock)
-from .unet import BasicUNet, UNet, count_parameters
+from .unet import BasicUNet, UNet, count_parameters, evaluating
 
 __all__ = ["BasicDownBlock", "BasicUpBlock", "ConvBNReLU", "DenseBottleneck", "DownBlock",
            "EmbedBlock", "GELUConvBlock", "RearrangePoolBlock", "ResidualConvBlock",
-           "SinusoidalPositionEmbedBlock", "UpBlock", "BasicUNet", "UNet", "count_parameters"]
+           "SinusoidalPositionEmbedBlock", "UpBlock", "BasicUNet", "UNet", "count_parameters",
+           "evaluating"]

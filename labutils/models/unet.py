@@ -8,6 +8,7 @@ Time-aware models take integer timesteps ``t`` in ``[0, T)`` and divide by ``T``
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -139,3 +140,21 @@ class UNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (what the course prints as ``Num params``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode (BatchNorm uses its running statistics) and no gradients inside the block;
+    the model's previous mode afterwards. Every sampler runs inside it. A plain function
+    (anything without ``train``/``eval``) only gets the no-gradient part."""
+    if not isinstance(model, nn.Module):
+        with torch.no_grad():
+            yield model
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
