@@ -406,6 +406,12 @@ def _cmd_prepare(args) -> int:
     return run_prepare(Path(args.dest), args.only, args.flowers_archive, args.clip_model)
 
 
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+    run_bench(args.labs, args.device, args.batch_size, args.steps)
+    return 0
+
+
 def _cmd_run_labs(args) -> int:
     from .runner import NOTEBOOK_DIR, run_notebooks
     out = run_notebooks(args.out, args.profile, args.labs,
@@ -476,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("bench", help="time training steps of each lab's model, fp32 vs bf16")
+    p.add_argument("--labs", nargs="+", choices=[lab for lab in LABS if lab != "mnist-assessment"],
+                   default=["fmnist-unet", "fmnist-ddpm", "fmnist-optimized", "fmnist-cfg"],
+                   metavar="LAB", help="labs to time (default: the Fashion-MNIST ones)")
+    p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"),
+                   help="default: the course's batch of each lab")
+    p.add_argument("--steps", type=_int_at_least(1, "--steps"), default=5)
+    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("doctor", help="report Python, torch, GPUs, driver, CPU, data; advise")
     p.add_argument("--data-dir", help="data folder to check (default LABUTILS_DATA_DIR or data/)")

@@ -64,7 +64,7 @@ _SHRINK = {
         "fmnist-ddpm": dict(epochs=1, preview_every=200),
         # ~0.7 s a step at batch 64 alone: 260 steps ~3 min; 50-step sampling keeps previews
         # and the final grid to seconds.
-        "fmnist-optimized": dict(epochs=1, steps_per_epoch=260, batch_size=64, preview_every=100,
+        "fmnist-optimized": dict(epochs=1, steps_per_epoch=450, batch_size=64, preview_every=100,
                                  sample_steps=50),
         # Lab 04 whole notebook ~11 min alone: ~3 min training A, 50-step sampling of the
         # 7 x 10 grid (a batch of 280); B ~10 s a step at batch 16 (24 steps), ~6 s per
