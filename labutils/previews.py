@@ -32,9 +32,9 @@ def plot_denoise_triples(model, images, noise_fn, title: str = "", save_path=Non
                     ncols=len(images), save_path=save_path)
 
 
-def denoising_preview(model, images: torch.Tensor, noise_fn, every: int,
-                      save_dir: Optional[Path] = None) -> Optional[OnStep]:
-    """Every ``every`` steps, draw (and save) original / noised / predicted; ``every=0``: none."""
+def _every(every: int, save_dir: Optional[Path],
+           draw: Callable[[int, Optional[Path]], None]) -> Optional[OnStep]:
+    """An ``on_step`` hook that logs and calls ``draw(step, png_path)`` every ``every`` steps."""
     if every <= 0:
         return None
 
@@ -42,8 +42,15 @@ def denoising_preview(model, images: torch.Tensor, noise_fn, every: int,
         if step % every == 0:
             path = Path(save_dir) / f"preview_step{step:05d}.png" if save_dir else None
             print(f"epoch {epoch} | step {step:05d} | loss {loss:.4f}")
-            plot_denoise_triples(model, images, noise_fn, f"step {step}: ", save_path=path)
+            draw(step, path)
     return on_step
+
+
+def denoising_preview(model, images: torch.Tensor, noise_fn, every: int,
+                      save_dir: Optional[Path] = None) -> Optional[OnStep]:
+    """Every ``every`` steps, draw (and save) original / noised / predicted; ``every=0``: none."""
+    return _every(every, save_dir, lambda step, path: plot_denoise_triples(
+        model, images, noise_fn, f"step {step}: ", save_path=path))
 
 
 def sample_row(model, sampler: DDPM, shape: Sequence[int], *model_args) -> torch.Tensor:
@@ -56,13 +63,6 @@ def sample_row(model, sampler: DDPM, shape: Sequence[int], *model_args) -> torch
 def sampling_preview(model, sampler: DDPM, every: int, shape: Sequence[int],
                      save_dir: Optional[Path] = None) -> Optional[OnStep]:
     """Every ``every`` steps, sample a row of images with ``sampler`` and draw (and save) it."""
-    if every <= 0:
-        return None
-
-    def on_step(step: int, epoch: int, loss: float) -> None:
-        if step % every == 0:
-            path = Path(save_dir) / f"preview_step{step:05d}.png" if save_dir else None
-            print(f"epoch {epoch} | step {step:05d} | loss {loss:.4f}")
-            plot_image_rows([sample_row(model, sampler, shape)], [f"samples at step {step}"],
-                            ncols=shape[0], save_path=path)
-    return on_step
+    return _every(every, save_dir, lambda step, path: plot_image_rows(
+        [sample_row(model, sampler, shape)], [f"samples at step {step}"], ncols=shape[0],
+        save_path=path))
