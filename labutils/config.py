@@ -196,12 +196,21 @@ def autocast(device: torch.device, enabled: Optional[bool] = None):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def output_dir(subdir: Optional[str] = None) -> Path:
-    """Where a notebook or job writes its figures: ``LABUTILS_OUTPUT_DIR``, else ``runs/latest``.
+def project_dir() -> Path:
+    """The checkout's root when labutils runs from one, else the working directory.
 
-    ``make run`` points it at ``runs/<timestamp>/``.
+    Notebooks run with ``notebooks/`` as their working directory; anchoring ``data/`` and
+    ``runs/`` here keeps one copy of each, whichever way a lab is started.
     """
-    base = Path(os.environ.get("LABUTILS_OUTPUT_DIR") or Path("runs") / "latest")
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def output_dir(subdir: Optional[str] = None) -> Path:
+    """Where a notebook or job writes its figures: ``LABUTILS_OUTPUT_DIR``, else
+    ``<project>/runs/latest``. ``make run`` points it at ``runs/<timestamp>/<notebook>/``.
+    """
+    base = Path(os.environ.get("LABUTILS_OUTPUT_DIR") or project_dir() / "runs" / "latest")
     path = base / subdir if subdir else base
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..config import get_device, get_profile, seed_everything
+from ..config import get_device, get_profile, project_dir, seed_everything
 from ..data.flowers import FLOWER_CLASSES, load_flowers_tensors
 from .captions import ZERO_SHOT_TEMPLATE, class_noun, image_captions, pick
 from .encoder import (EMBED_DIM, ClipEncoder, clip, count_parameters, load_checkpoint, normalise,
@@ -33,7 +33,6 @@ clip_transform = clip.clip._transform
 
 VOCAB_SIZE = 49408      # clip.tokenize's vocabulary: the token embedding must cover it
 CONTEXT_LENGTH = 77
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +240,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get("LABUTILS_CLIP_CACHE")
     if env:
         return Path(env).expanduser()
-    root = _PROJECT_ROOT if (_PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
+    root = project_dir()
     return root / "data" / "clip"
 
 

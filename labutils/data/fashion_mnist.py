@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import project_dir
 from .batches import BatchLoader, TensorImageDataset
 
 FASHION_MNIST_CLASSES = ["Top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-DOWNLOAD_DIR = Path("data")
+DOWNLOAD_DIR = project_dir() / "data"
 _FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
     ("train", "labels"): "train-labels-idx1-ubyte",

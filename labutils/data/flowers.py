@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..config import get_profile
+from ..config import get_profile, project_dir
 from .batches import TensorImageDataset, random_crop, random_hflip
 from .fashion_mnist import DataNotFoundError
 
@@ -40,7 +40,7 @@ DEFAULT_DIR = Path("data") / "cropped_flowers"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Errors Pillow raises for a file that is not a (complete) image.
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PROJECT_ROOT = project_dir()
 
 
 class FlowersFixtureWarning(UserWarning):
