@@ -29,6 +29,29 @@ def find_notebooks(directory: Path = NOTEBOOK_DIR, select: Optional[Sequence[str
     return found
 
 
+def ensure_flowers() -> None:
+    """Before labs 04-05: find the flower photos, or build them from TensorFlow's archive.
+
+    Needs internet when nothing is there yet; without it, say what to do and carry on (the
+    notebooks then stop with the data module's instructions, or use the ci fixture).
+    """
+    from .config import project_dir
+    from .data import DataNotFoundError
+    from .data.flowers import find_flowers, prepare_flowers
+    try:
+        print(f"Flower photos: {find_flowers()}")
+        return
+    except DataNotFoundError:
+        pass
+    dest = project_dir() / "data" / "cropped_flowers"
+    print(f"No flower photos yet: building {dest} from TensorFlow's flower_photos.tgz ...")
+    try:
+        prepare_flowers(dest)
+    except Exception as err:  # offline, disk full, ...: the notebooks explain what to do
+        print(f"  could not prepare the flower photos ({type(err).__name__}: {err}).\n"
+              "  Set LABUTILS_FLOWERS_DIR or run `labutils prepare DIR` where there is internet.")
+
+
 def run_notebooks(out: Optional[Path] = None, profile: Optional[str] = None,
                   select: Optional[Sequence[str]] = None, directory: Path = NOTEBOOK_DIR,
                   timeout: int = 6 * 3600) -> Path:
@@ -44,6 +67,8 @@ def run_notebooks(out: Optional[Path] = None, profile: Optional[str] = None,
     out = Path(out) if out else Path("runs") / timestamp()
     out.mkdir(parents=True, exist_ok=True)
     notebooks = find_notebooks(directory, select)
+    if any(p.name[:2] in ("04", "05") for p in notebooks):
+        ensure_flowers()
     print(f"Running {len(notebooks)} notebooks under profile '{profile}' -> {out}/")
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
