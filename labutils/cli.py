@@ -21,10 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .checkpoint import umask_mode
 from .config import LABS, PROFILES, ConfigError
+
+if TYPE_CHECKING:
+    from .config import LabSettings
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 

@@ -142,7 +142,7 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
                               "--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from" in resumed.stdout
+    assert "resuming from" in resumed.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from_step"] == stopped
 

@@ -3,7 +3,6 @@ import dataclasses
 import hashlib
 import os
 import urllib.error
-import warnings
 from pathlib import Path
 
 import pytest
