@@ -152,6 +152,16 @@ def seed_everything(seed: int = 0) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device=None):
+    """Draw random numbers from ``seed`` inside the block, and leave the global RNG streams as
+    they were afterwards (a sample grid drawn mid-training keeps a resumed run exact)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def cpu_flags() -> set:
     """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is missing)."""
     try:

@@ -11,7 +11,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .models import evaluating
+from .context import is_class_labels, one_hot
+from .modules import evaluating
 
 GUIDANCE_WEIGHTS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
@@ -147,13 +148,10 @@ def get_context_mask(c: torch.Tensor, drop_prob: float, n_classes: Optional[int]
     """
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob must lie in [0, 1], got {drop_prob}")
-    if c.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+    if is_class_labels(c):
         if n_classes is None:
             raise ValueError("integer class labels need n_classes= to build one-hot context")
-        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= n_classes):
-            raise ValueError(f"class labels must lie in [0, {n_classes}), got "
-                             f"[{int(c.min())}, {int(c.max())}]")
-        c = F.one_hot(c.long(), num_classes=n_classes).float()
+        c = one_hot(c, n_classes)
     c_mask = torch.bernoulli(torch.full_like(c, 1.0 - drop_prob, dtype=torch.float))
     return c, c_mask
 

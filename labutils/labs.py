@@ -1,27 +1,154 @@
-"""One small recipe per lab for ``labutils train`` / ``labutils sample``.
+"""The lab registry: what differs between the course's labs, as data, in one place.
 
-A recipe knows the lab's model (the course's constructor arguments), its data, its loss
-(from :mod:`labutils.training`) and how to draw its sample grid. The optimiser is the course's
-Adam at ``settings.lr`` for every lab. Flowers and CLIP modules are imported only by the
-flowers recipes, so the Fashion-MNIST labs need neither.
+Each lab is one :class:`LabSpec`: its model with the course's constructor arguments (and the
+parameter count the course prints), its data, its conditioning (none, class labels or CLIP text),
+its loss and the picture it draws. The profile-dependent numbers (epochs, batch, lr, T, ...) live
+in :mod:`labutils.config` under the same name. The notebooks, ``labutils train`` / ``sample`` /
+``bench`` all read this registry; adding a lab is adding one spec to :data:`REGISTRY`.
+
+:class:`Lab` binds a spec to one settings object and device and builds the parts of a run from
+it. Everything it does is looked up from the spec's fields (the tables ``DATA``, ``LOSSES``,
+``PICTURES`` below), never from the lab's name.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .config import ConfigError, LabSettings
+from .config import LABS, ConfigError, LabSettings, lab_settings
+from .context import class_indices, one_hot
+from .data import (FASHION_MNIST_CLASSES, FLOWER_CLASSES, TensorImageDataset, flowers_augment,
+                   load_fashion_mnist_tensors, load_flowers_tensors, random_hflip)
 from .diffusion import DDPM, GUIDANCE_WEIGHTS, sample_w
-from .models import BasicUNet, UNet, evaluating
+from .models import BasicUNet, UNet
+from .modules import evaluating
 from .training import ddpm_loss, denoising_loss, guided_ddpm_loss
 
-# Lab 05's sampling prompts (course-spec.md).
-DEFAULT_PROMPTS = ("A round white flower", "A round orange sunflower with a big brown center",
-                   "A red rose bud")
-CFG_DROP_PROB = 0.1
+CFG_DROP_PROB = 0.1   # the course's Bernoulli drop probability for the context (labs 04-06)
+AugmentFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def lab01_noise(x: torch.Tensor) -> torch.Tensor:
+    """Lab 01's corruption: half image, half Gaussian noise."""
+    return 0.5 * x + 0.5 * torch.randn_like(x)
+
+
+# --- data sources -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Where a lab's images come from and how each batch is augmented."""
+
+    classes: Tuple[str, ...]
+    load: Callable[..., TensorImageDataset]   # (img_size, data_dir, max_images, seed)
+    augment: Callable[[int], AugmentFn]       # img_size -> per-batch augmentation
+
+
+def _fashion_mnist(img_size, data_dir, max_images, seed):
+    return load_fashion_mnist_tensors(img_size, data_dir).subset(max_images, seed)
+
+
+def _flowers(img_size, data_dir, max_images, seed):
+    return load_flowers_tensors(img_size, data_dir, max_images=max_images)
+
+
+DATA: Dict[str, DataSource] = {
+    "fashion-mnist": DataSource(tuple(FASHION_MNIST_CLASSES), _fashion_mnist,
+                                lambda img_size: random_hflip),
+    "flowers": DataSource(tuple(FLOWER_CLASSES), _flowers, flowers_augment),
+}
+
+
+# --- the specs --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LabSpec:
+    """One lab of the course, declared. ``name`` is also its key in :mod:`labutils.config`."""
+
+    name: str
+    title: str
+    notebook: Optional[str]             # the notebook that teaches it (None: the CLI only)
+    model: Callable[..., torch.nn.Module]
+    model_args: Mapping                  # the course's arguments besides T, img_ch, img_size
+    params: int                          # the course's ``Num params``
+    data: str                            # a key of DATA
+    conditioning: str = "none"           # "none" | "classes" | "clip-text"
+    loss: str = "ddpm"                   # a key of LOSSES
+    picture: str = "unguided"            # a key of PICTURES
+    prompts: Tuple[str, ...] = ()        # default prompts (clip-text)
+    find_unused_parameters: bool = False  # DDP must know about parameters forward skips
+
+    @property
+    def conditional(self) -> bool:
+        return self.conditioning != "none"
+
+    @property
+    def classes(self) -> Tuple[str, ...]:
+        """The data's class names (what ``--classes`` picks for class-conditioned labs)."""
+        return DATA[self.data].classes if self.data in DATA else ()
+
+    def build_model(self, settings: LabSettings) -> torch.nn.Module:
+        """The course's model: ``model(T=..., img_ch=..., img_size=..., **model_args)``."""
+        return self.model(T=settings.T, img_ch=settings.img_ch, img_size=settings.img_size,
+                          **self.model_args)
+
+
+_FLOWERS_UNET = dict(down_chs=(256, 256, 512), t_embed_dim=8)
+_OPTIMIZED_UNET = dict(down_chs=(64, 64, 128), t_embed_dim=8)
+
+REGISTRY: Dict[str, LabSpec] = {spec.name: spec for spec in (
+    LabSpec("fmnist-unet", "Lab 01: a U-Net denoiser", "01_unets.ipynb",
+            BasicUNet, dict(down_chs=(16, 32, 64)), 234_977, "fashion-mnist",
+            loss="denoise", picture="denoise",
+            # Lab 01 builds a dense bottleneck it never uses (a course quirk): DDP must know.
+            find_unused_parameters=True),
+    LabSpec("fmnist-ddpm", "Lab 02: DDPM", "02_diffusion_models.ipynb",
+            BasicUNet, dict(down_chs=(16, 32, 64)), 240_385, "fashion-mnist"),
+    LabSpec("fmnist-optimized", "Lab 03: the optimised U-Net", "03_optimizations.ipynb",
+            UNet, dict(_OPTIMIZED_UNET, c_embed_dim=None), 1_979_777, "fashion-mnist"),
+    LabSpec("fmnist-cfg", "Lab 04 A: classifier-free guidance, Fashion-MNIST",
+            "04_classifier_free_guidance.ipynb", UNet, dict(_OPTIMIZED_UNET, c_embed_dim=10),
+            2_002_561, "fashion-mnist", conditioning="classes", loss="guided", picture="guided"),
+    LabSpec("flowers-cfg", "Lab 04 B: classifier-free guidance, flowers",
+            "04_classifier_free_guidance.ipynb", UNet, dict(_FLOWERS_UNET, c_embed_dim=3),
+            44_509_443, "flowers", conditioning="classes", loss="guided", picture="guided"),
+    LabSpec("flowers-clip", "Lab 05: CLIP text-to-image", "05_clip_text_to_image.ipynb",
+            UNet, dict(_FLOWERS_UNET, c_embed_dim=512), 44_900_355, "flowers",
+            conditioning="clip-text", loss="guided", picture="guided",
+            prompts=("A round white flower", "A round orange sunflower with a big brown center",
+                     "A red rose bud")),
+    LabSpec("mnist-assessment", "Assessment: conditional MNIST at 28x28", None,
+            UNet, dict(_OPTIMIZED_UNET, c_embed_dim=10), 2_547_457, "mnist",
+            conditioning="classes", loss="guided", picture="guided"),
+)}
+assert tuple(REGISTRY) == LABS, "config and the registry must name the same labs"
+
+
+def get_spec(name: str) -> LabSpec:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown lab {name!r}; valid labs: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def build_model(settings: LabSettings) -> torch.nn.Module:
+    """The lab's U-Net with the course's constructor arguments."""
+    return get_spec(settings.lab).build_model(settings)
+
+
+def course_model(name: str, profile: Optional[str] = None) -> torch.nn.Module:
+    """The notebooks' one-liner: lab ``name``'s model as the course builds it."""
+    return build_model(lab_settings(name, profile))
+
+
+# --- losses and pictures, looked up by the spec's fields -------------------------------------------
+
+LOSSES: Dict[str, Callable[["Lab"], Callable]] = {
+    "denoise": lambda lab: denoising_loss(lab01_noise),
+    "ddpm": lambda lab: ddpm_loss(lab.ddpm),
+    "guided": lambda lab: guided_ddpm_loss(lab.ddpm, CFG_DROP_PROB, n_classes=lab.n_classes),
+}
 
 
 @dataclasses.dataclass
@@ -35,92 +162,126 @@ class Samples:
     col_labels: Optional[List[str]] = None
 
 
-def build_model(settings: LabSettings) -> torch.nn.Module:
-    """The lab's U-Net with the course's constructor arguments."""
-    lab = settings.lab
-    if lab == "fmnist-unet":
-        return BasicUNet(1, 16, (16, 32, 64))
-    if lab == "fmnist-ddpm":
-        return BasicUNet(1, 16, (16, 32, 64), T=settings.T)
-    if lab == "fmnist-optimized":
-        return UNet(settings.T, 1, 16, (64, 64, 128), 8)
-    if lab == "fmnist-cfg":
-        return UNet(settings.T, 1, 16, (64, 64, 128), 8, 10)
-    if lab == "flowers-cfg":
-        return UNet(settings.T, 3, 32, (256, 256, 512), 8, 3)
-    if lab == "flowers-clip":
-        return UNet(settings.T, 3, 32, (256, 256, 512), 8, 512)
-    if lab == "mnist-assessment":
-        return UNet(settings.T, 1, 28, (64, 64, 128), 8, 10)
-    raise ConfigError(f"no recipe for lab {lab!r}")
+@dataclasses.dataclass
+class SampleRequest:
+    """What ``labutils sample`` (or a training run's grid) asks a lab to draw."""
+
+    classes: Optional[Sequence[str]] = None
+    prompts: Optional[Sequence[str]] = None
+    weights: Optional[Sequence[float]] = None
+    steps: Optional[int] = None
+    n: int = 16
+    examples: Optional[torch.Tensor] = None   # lab 01: clean images to noise and denoise
+    frames: int = 15
 
 
-def lab01_noise(x: torch.Tensor) -> torch.Tensor:
-    """Lab 01's corruption: half image, half Gaussian noise."""
-    return 0.5 * x + 0.5 * torch.randn_like(x)
+def _denoise_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
+    """Lab 01: original / noised / predicted rows (or noise / output without examples)."""
+    s = lab.settings
+    with evaluating(model):
+        if req.examples is not None:
+            x = req.examples[:8].to(lab.device)
+            noised = lab01_noise(x)
+            return Samples(torch.cat((x, noised, model(noised))), len(x),
+                           row_labels=["original", "noised", "predicted"])
+        noise = torch.randn(req.n, s.img_ch, s.img_size, s.img_size, device=lab.device)
+        return Samples(torch.cat((noise, model(noise))), req.n, row_labels=["noise", "generated"])
 
 
-def clip_module():
-    """The CLIP helper module (written beside this one; imported only when a lab needs it)."""
-    try:
-        from . import clip_embed
-        return clip_embed
-    except ImportError:
-        from .clip import encoder
-        return encoder
+def _unguided_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
+    """Labs 02-03: ``n`` samples from noise, with the trajectory for a GIF."""
+    ddpm = lab.sampler(req.steps)
+    x, store = ddpm.sample(model, (req.n, *lab.image_shape), store_every=max(1, ddpm.T // req.frames))
+    return Samples(x, min(req.n, 8), torch.stack(store) if store else None)
 
 
-class Recipe:
-    """Everything ``labutils train`` needs for one lab under one settings object."""
+def _guided_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
+    """Labs 04-05: a guidance-weight x context grid (rows w, columns classes or prompts)."""
+    ddpm = lab.sampler(req.steps)
+    c, labels = lab.context(classes=req.classes, prompts=req.prompts)
+    weights = list(GUIDANCE_WEIGHTS if req.weights is None else req.weights)
+    x, store = sample_w(model, ddpm, lab.image_shape, ddpm.T, c, lab.device, weights,
+                        store_freq=max(1, ddpm.T // req.frames))
+    return Samples(x, len(c), store, row_labels=[f"w={w:g}" for w in weights], col_labels=labels)
 
-    def __init__(self, settings: LabSettings, device: torch.device, seed: int = 0,
-                 clip_model: Optional[str] = None):
+
+PICTURES: Dict[str, Callable[["Lab", torch.nn.Module, SampleRequest], Samples]] = {
+    "denoise": _denoise_picture, "unguided": _unguided_picture, "guided": _guided_picture,
+}
+
+
+# --- a spec bound to settings and a device ---------------------------------------------------------
+
+class Lab:
+    """Everything a run of one lab needs, built from its spec under one settings object."""
+
+    def __init__(self, settings: LabSettings, device, seed: int = 0,
+                 clip_model: Optional[str] = None, data_dir=None):
+        self.spec = get_spec(settings.lab)
         self.settings, self.device, self.seed = settings, torch.device(device), seed
-        self.lab = settings.lab
-        self.clip_model = clip_model
-        self.data_dir = None   # flowers folder (None: the data module's search order)
+        self.clip_model, self.data_dir = clip_model, data_dir
         self._encoder = None
         self.ddpm = DDPM.linear(settings.T, self.device) if settings.T else None
-        if self.lab == "mnist-assessment":
-            raise ConfigError("mnist-assessment has no training recipe: labutils ships no MNIST "
-                              "loader (the course's assessment is graded separately)")
 
-    # --- what the lab trains ---------------------------------------------------------------
+    # --- what the lab trains -------------------------------------------------------------------
 
     @property
-    def conditional(self) -> bool:
-        return self.lab in ("fmnist-cfg", "flowers-cfg", "flowers-clip", "mnist-assessment")
+    def image_shape(self) -> Tuple[int, int, int]:
+        s = self.settings
+        return (s.img_ch, s.img_size, s.img_size)
 
     @property
-    def find_unused_parameters(self) -> bool:
-        # Lab 01 builds a dense bottleneck it never uses (a course quirk): DDP must know.
-        return self.lab == "fmnist-unet"
-
-    @property
-    def classes(self) -> Optional[List[str]]:
-        if self.lab in ("fmnist-cfg", "fmnist-unet", "fmnist-ddpm", "fmnist-optimized"):
-            from .data import FASHION_MNIST_CLASSES
-            return list(FASHION_MNIST_CLASSES)
-        if self.lab == "flowers-cfg":
-            from .data.flowers import FLOWER_CLASSES
-            return list(FLOWER_CLASSES)
-        return None
+    def n_classes(self) -> Optional[int]:
+        """One-hot width for class-conditioned labs (None: context vectors are used as given)."""
+        return len(self.spec.classes) if self.spec.conditioning == "classes" else None
 
     def build_model(self) -> torch.nn.Module:
-        return build_model(self.settings).to(self.device)
+        return self.spec.build_model(self.settings).to(self.device)
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """The course's optimiser for every lab: Adam at the settings' learning rate."""
         return torch.optim.Adam(model.parameters(), lr=self.settings.lr)
 
+    def dataset(self) -> TensorImageDataset:
+        """The lab's images in memory; labels are class indices, or CLIP image embeddings for
+        ``clip-text`` labs (encoded once into the CSV cache)."""
+        s = self.settings
+        if self.spec.data not in DATA:
+            raise ConfigError(f"{s.lab} has no data source yet (labutils ships no "
+                              f"{self.spec.data!r} loader; the course grades its assessment "
+                              "separately)")
+        if self.spec.conditioning == "clip-text":
+            from .clip import load_flowers_with_clip
+            return load_flowers_with_clip(self.encoder(), img_size=s.img_size,
+                                          data_dir=self.data_dir, max_images=s.max_images)
+        return DATA[self.spec.data].load(s.img_size, self.data_dir, s.max_images, self.seed)
+
+    def augment(self) -> AugmentFn:
+        return DATA[self.spec.data].augment(self.settings.img_size)
+
+    def loss_fn(self):
+        return LOSSES[self.spec.loss](self)
+
+    def random_batch(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Random images and labels (or context vectors) of the lab's shapes, for benchmarks."""
+        x = torch.rand(batch_size, *self.image_shape, device=self.device) * 2 - 1
+        if self.spec.conditioning == "clip-text":
+            return x, torch.randn(batch_size, self.spec.model_args["c_embed_dim"],
+                                  device=self.device)
+        return x, torch.randint(0, max(1, len(self.spec.classes)), (batch_size,),
+                                device=self.device)
+
+    # --- CLIP (clip-text labs) -------------------------------------------------------------------
+
     def encoder(self):
+        """The CLIP encoder (loaded once; a stand-in, sized by the profile, when no weights)."""
         if self._encoder is None:
-            module = clip_module()
+            from .clip import ClipUnavailableError, load_clip
             try:
-                # A stand-in (no CLIP weights here) is sized by the run's profile.
-                self._encoder = module.load_clip(self.clip_model, device=self.device,
-                                                 profile=self.settings.profile,
-                                                 flowers_dir=self.data_dir)
-            except module.ClipUnavailableError as err:
+                self._encoder = load_clip(self.clip_model, device=self.device,
+                                          profile=self.settings.profile,
+                                          flowers_dir=self.data_dir)
+            except ClipUnavailableError as err:
                 raise ConfigError(str(err)) from None
         return self._encoder
 
@@ -131,40 +292,7 @@ class Recipe:
         return {"model_id": str(self._encoder.model_id),
                 "fingerprint": str(self._encoder.fingerprint)}
 
-    def dataset(self, data_dir=None):
-        """The lab's images (and labels) in memory; ``max_images`` subset drawn with ``seed``."""
-        s = self.settings
-        self.data_dir = data_dir
-        if self.lab.startswith("fmnist"):
-            from .data import load_fashion_mnist_tensors
-            return load_fashion_mnist_tensors(s.img_size, data_dir).subset(s.max_images, self.seed)
-        if self.lab == "flowers-cfg":
-            from .data.flowers import load_flowers_tensors
-            return load_flowers_tensors(s.img_size, data_dir, max_images=s.max_images)
-        if self.lab == "flowers-clip":
-            data = clip_module().load_flowers_with_clip(self.encoder(), img_size=s.img_size,
-                                                        data_dir=data_dir,
-                                                        max_images=s.max_images)
-            return data
-        raise ConfigError(f"no data recipe for lab {self.lab!r}")
-
-    def augment(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.lab.startswith("flowers"):
-            from .data.flowers import flowers_augment
-            return flowers_augment(self.settings.img_size)
-        from .data import random_hflip
-        return random_hflip
-
-    def loss_fn(self):
-        if self.lab == "fmnist-unet":
-            return denoising_loss(lab01_noise)
-        if self.lab in ("fmnist-ddpm", "fmnist-optimized"):
-            return ddpm_loss(self.ddpm)
-        if self.lab == "flowers-clip":
-            return guided_ddpm_loss(self.ddpm, CFG_DROP_PROB)
-        return guided_ddpm_loss(self.ddpm, CFG_DROP_PROB, n_classes=len(self.classes))
-
-    # --- what the lab draws ----------------------------------------------------------------
+    # --- what the lab draws ----------------------------------------------------------------------
 
     def sampler(self, steps: Optional[int] = None) -> DDPM:
         steps = steps or self.settings.sample_steps or self.settings.T
@@ -172,68 +300,32 @@ class Recipe:
             raise ConfigError(f"sampling steps must be at least 1, got {steps}")
         return self.ddpm.respaced(steps)
 
-    def class_context(self, names: Sequence[str]) -> Tuple[torch.Tensor, List[str]]:
-        """One-hot rows for class names (case-insensitive) or indices."""
-        classes = self.classes
-        lookup = {c.lower(): i for i, c in enumerate(classes)}
-        idx = []
-        for name in names:
-            key = str(name).strip().lower()
-            if key in lookup:
-                idx.append(lookup[key])
-            elif key.isdigit() and int(key) < len(classes):
-                idx.append(int(key))
-            else:
-                raise ConfigError(f"unknown class {name!r} for {self.lab}; classes: "
-                                  f"{', '.join(classes)}")
-        one_hot = torch.nn.functional.one_hot(torch.tensor(idx), len(classes)).float()
-        return one_hot.to(self.device), [classes[i] for i in idx]
+    def context(self, classes: Optional[Sequence[str]] = None,
+                prompts: Optional[Sequence[str]] = None) -> Tuple[torch.Tensor, List[str]]:
+        """Context rows and their column labels: one-hot rows for class names or indices
+        (default: every class), or CLIP encodings of prompts (default: the lab's prompts)."""
+        name, kind = self.settings.lab, self.spec.conditioning
+        if kind == "clip-text":
+            if classes:
+                raise ConfigError(f"{name} is conditioned on text; use --prompts")
+            labels = list(prompts or self.spec.prompts)
+            return self.encoder().encode_text(labels).to(self.device), labels
+        if kind == "none":
+            raise ConfigError(f"{name} is not conditioned; it takes no context")
+        if prompts:
+            raise ConfigError(f"{name} is conditioned on classes; use --classes")
+        try:
+            idx = class_indices(classes or self.spec.classes, self.spec.classes)
+        except ValueError as err:
+            raise ConfigError(f"{name}: {err}") from None
+        labels = [self.spec.classes[i] for i in idx]
+        return one_hot(idx, len(self.spec.classes)).to(self.device), labels
 
-    def sample(self, model: torch.nn.Module, *, classes: Optional[Sequence[str]] = None,
-               prompts: Optional[Sequence[str]] = None, weights: Optional[Sequence[float]] = None,
-               steps: Optional[int] = None, n: int = 16, examples: Optional[torch.Tensor] = None,
-               frames: int = 15) -> Samples:
-        """The lab's picture from ``model`` (in eval mode, RNG of the caller's choosing).
-
-        Lab 01: original / noised / predicted rows of ``examples`` (or noise / output pairs
-        without examples); labs 02-03: ``n`` unguided samples; labs 04-05: a guidance-weight x
-        class (or prompt) grid.
-        """
-        s = self.settings
-        with evaluating(model):
-            if self.lab == "fmnist-unet":
-                if examples is not None:
-                    x = examples[:8].to(self.device)
-                    noised = lab01_noise(x)
-                    return Samples(torch.cat((x, noised, model(noised))), len(x),
-                                   row_labels=["original", "noised", "predicted"])
-                noise = torch.randn(n, s.img_ch, s.img_size, s.img_size, device=self.device)
-                return Samples(torch.cat((noise, model(noise))), n,
-                               row_labels=["noise", "generated"])
-            ddpm = self.sampler(steps)
-            every = max(1, ddpm.T // frames)
-            if not self.conditional:
-                x, store = ddpm.sample(model, (n, s.img_ch, s.img_size, s.img_size),
-                                       store_every=every)
-                return Samples(x, min(n, 8), torch.stack(store) if store else None)
-            if self.lab == "flowers-clip":
-                labels = list(prompts or DEFAULT_PROMPTS)
-                c = self.encoder().encode_text(labels).to(self.device)
-            else:
-                if prompts:
-                    raise ConfigError(f"{self.lab} is conditioned on classes; use --classes")
-                c, labels = self.class_context(classes or self.classes)
-            weights = list(GUIDANCE_WEIGHTS if weights is None else weights)
-            x, store = sample_w(model, ddpm, (s.img_ch, s.img_size, s.img_size), ddpm.T, c,
-                                self.device, weights, store_freq=every)
-            return Samples(x, len(c), store, row_labels=[f"w={w:g}" for w in weights],
-                           col_labels=labels)
-
-
-@contextlib.contextmanager
-def fixed_rng(seed: int, device: torch.device):
-    """Sample with a fixed seed without disturbing the training RNG (resumed runs stay exact)."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    def sample(self, model: torch.nn.Module, request: Optional[SampleRequest] = None,
+               **fields) -> Samples:
+        """The lab's picture from ``model`` (samplers run it in eval mode; RNG is the caller's)."""
+        request = request or SampleRequest(**fields)
+        if not self.spec.conditional and (request.classes or request.prompts):
+            raise ConfigError(f"{self.settings.lab} is not conditioned; --classes and --prompts "
+                              "do not apply")
+        return PICTURES[self.spec.picture](self, model, request)

@@ -165,3 +165,15 @@ def plot_image_grid(images: torch.Tensor, ncols: int, title: Optional[str] = Non
     if title:
         ax.set_title(title, fontsize=10)
     finish_figure(fig, save_path)
+
+
+def wrap_label(text: str, width: int = 28) -> str:
+    """A prompt broken into lines for a figure label (CLIP reads line breaks as spaces)."""
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + len(w) + 1 > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    return "\n".join(lines + [line])

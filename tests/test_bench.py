@@ -1,7 +1,7 @@
 """`labutils bench` runs and reports a row per lab (its numbers are not asserted: not a test of speed)."""
 import pytest
 
-from labutils.cli import main
+from labutils.tools.cli import main
 
 
 def test_bench_reports_fp32_and_bf16_per_lab(capsys):

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from labutils import labs
-from labutils.checkpoint import (CheckpointDir, CheckpointError, load_checkpoint, rng_state,
+from labutils.tools.checkpoint import (CheckpointDir, CheckpointError, load_checkpoint, rng_state,
                                  save_atomic, set_rng_state)
-from labutils.cli import main
+from labutils.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ def test_weights_only_loading_refuses_a_pickled_object(tmp_path):
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch, capsys):
-    original = labs.Recipe.loss_fn
+    original = labs.Lab.loss_fn
     calls = {"n": 0}
 
     def nan_from_step_3(self):
@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
             return value * float("nan") if calls["n"] >= 3 else value
         return loss
 
-    monkeypatch.setattr(labs.Recipe, "loss_fn", nan_from_step_3)
+    monkeypatch.setattr(labs.Lab, "loss_fn", nan_from_step_3)
     run = tmp_path / "run"
     code = main(["train", "fmnist-ddpm", "--profile", "ci", "--out", str(run), "--epochs", "2",
                  "--batch-size", "16", "--checkpoint-every", "1", "--quiet"])

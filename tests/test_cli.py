@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from labutils import LABS
-from labutils.cli import main
+from labutils.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

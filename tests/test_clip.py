@@ -11,7 +11,7 @@ import torch
 from labutils.clip import cache as cache_mod
 from labutils.clip import encoder as encoder_mod
 from labutils.clip import standin as standin_mod
-from labutils.clip_embed import (CacheFormatError, CacheMismatchError, ClipEncoder,
+from labutils.clip import (CacheFormatError, CacheMismatchError, ClipEncoder,
                                  ClipUnavailableError, PromptError, embedding_cache,
                                  load_checkpoint, load_clip, load_flowers_with_clip,
                                  save_checkpoint, train_standin_clip)

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from labutils import lab_settings, seed_everything
-from labutils.checkpoint import CheckpointDir
-from labutils.distributed import DistContext, agree_on_loss, params_digest
+from labutils.tools.checkpoint import CheckpointDir
+from labutils.tools.distributed import DistContext, agree_on_loss, params_digest
 from labutils.labs import build_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from labutils.doctor import run_doctor, run_prepare, torch_build_supported, wheel_for
+from labutils.tools.doctor import run_doctor, run_prepare, torch_build_supported, wheel_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ["Python", "PyTorch", "GPUs", "NVIDIA driver", "CPU", "Compiler", "Disk",

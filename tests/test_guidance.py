@@ -4,7 +4,7 @@ import torch
 
 from labutils import DDPM, GUIDANCE_WEIGHTS, UNet, count_parameters
 from labutils.diffusion import guided_noise
-from labutils.explorers import (guidance_explorer, guided_samples, one_hot_context,
+from labutils.interactive.guidance import (guidance_explorer, guided_samples, one_hot_context,
                                 plot_guidance_grid)
 
 CLASSES = ["daisy", "sunflowers", "roses"]

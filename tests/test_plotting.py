@@ -5,7 +5,7 @@ from PIL import Image
 
 from labutils import DDPM, make_grid, save_animation, to_image
 from labutils.plotting import trajectory_frames
-from labutils.widgets import plot_q_steps, q_explorer, q_images
+from labutils.interactive.forward import plot_q_steps, q_explorer, q_images
 
 
 def test_save_animation_writes_every_frame(tmp_path):

@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from labutils import runner
+from labutils.tools import runner
 from labutils.config import ConfigError
 from labutils.data import DataNotFoundError
 

@@ -77,7 +77,7 @@ def test_train_rejects_bad_arguments():
 
 
 def test_preview_hooks_draw_every_n_steps_and_restore_train_mode(tmp_path):
-    from labutils.previews import denoising_preview, sampling_preview
+    from labutils.interactive.previews import denoising_preview, sampling_preview
 
     seed_everything(0)
     model = BasicUNet(1, 8, (8, 16, 16), T=150)

@@ -1,6 +1,6 @@
-"""Loading a CLIP model (OpenAI's ``clip`` package) and encoding prompts and images with it.
+"""A CLIP model (OpenAI's ``clip`` package) from a file, and encoding prompts and images with it.
 
-Where the weights come from, in order:
+:func:`labutils.clip.load_clip` (in :mod:`.load`) picks the weights, in order:
 1. ``name_or_path`` (argument), else ``LABUTILS_CLIP_MODEL``, else ``"ViT-B/32"``;
 2. a model name is looked up in ``download_root`` (argument, else ``LABUTILS_CLIP_DOWNLOAD_ROOT``,
    else clip's ``~/.cache/clip``) and downloaded there when missing (needs internet: on a cluster
@@ -10,7 +10,7 @@ Where the weights come from, in order:
    CLIP trained on the flower photos (:mod:`labutils.clip.standin`), announced loudly.
 A checkpoint *path* that cannot be loaded is always an error (you asked for that file).
 
-Every checkpoint goes through one loader, :func:`load_checkpoint`: an OpenAI TorchScript
+Every checkpoint goes through one loader here, :func:`load_checkpoint`: an OpenAI TorchScript
 archive or a plain state dict (read with ``torch.load(weights_only=True)``), built with
 ``clip.model.build_model``. (``clip.load`` itself fails on a plain state dict with current torch:
 it reuses the file handle after its TorchScript attempt.)
@@ -37,6 +37,7 @@ with warnings.catch_warnings():  # clip imports pkg_resources, which warns about
     from clip.model import build_model
 
 from ..config import get_device
+from ..modules import count_parameters
 
 DEFAULT_MODEL = "ViT-B/32"
 EMBED_DIM = 512          # ViT-B/32's feature size; the lab-05 U-Net's c_embed_dim
@@ -130,10 +131,6 @@ class ClipEncoder:
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """Unit-length rows (for cosine similarity)."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def check_prompts(prompts) -> List[str]:
@@ -254,7 +251,7 @@ def save_checkpoint(model: torch.nn.Module, path, meta: Optional[dict] = None) -
 
 # --- load_clip -----------------------------------------------------------------------------------
 
-def _download_root(download_root) -> Path:
+def download_root_dir(download_root) -> Path:
     root = download_root or os.environ.get("LABUTILS_CLIP_DOWNLOAD_ROOT")
     return Path(root).expanduser() if root else Path("~/.cache/clip").expanduser()
 
@@ -274,48 +271,10 @@ def fetch_model(name: str, download_root=None) -> Path:
     if name not in clip.available_models():
         raise ClipUnavailableError(f"unknown CLIP model {name!r}; names: "
                                    f"{', '.join(clip.available_models())}")
-    root = _download_root(download_root)
+    root = download_root_dir(download_root)
     url = clip.clip._MODELS[name]
     target = root / os.path.basename(url)
     if os.environ.get("LABUTILS_CLIP_OFFLINE", "").strip() not in ("", "0") and not target.is_file():
         raise ClipUnavailableError(f"{target} is missing and LABUTILS_CLIP_OFFLINE is set")
     with _socket_timeout(DOWNLOAD_TIMEOUT_S):
         return Path(clip.clip._download(url, str(root)))
-
-
-def load_clip(name_or_path: Optional[str] = None, device=None, download_root=None,
-              allow_standin: bool = True, **standin_kwargs) -> ClipEncoder:
-    """OpenAI's CLIP (default ViT-B/32), or a local stand-in when its weights cannot be had.
-
-    ``standin_kwargs`` go to :func:`labutils.clip.standin.load_standin` (``flowers_dir``,
-    ``cache_dir``, ``profile``...). See the module docstring for the search order.
-    """
-    name = name_or_path or os.environ.get("LABUTILS_CLIP_MODEL") or DEFAULT_MODEL
-    if name not in clip.available_models():
-        if not Path(name).expanduser().is_file():
-            raise ClipUnavailableError(
-                f"{name!r} is neither a CLIP model name ({', '.join(clip.available_models())}) "
-                "nor an existing checkpoint file")
-        return load_checkpoint(name, device)
-    try:
-        path = fetch_model(name, download_root)
-        enc = load_checkpoint(path, device)
-        enc.model_id = name
-        return enc
-    except Exception as err:  # offline, proxy, disk, corrupt file...
-        reason = f"{type(err).__name__}: {err}"
-    where = _download_root(download_root)
-    help_text = (f"CLIP {name} weights could not be loaded ({reason}). To use the real model, "
-                 f"run `labutils.clip_embed.load_clip()` once where there is internet (e.g. a "
-                 f"login node) with the same download_root ({where}), or point "
-                 "LABUTILS_CLIP_MODEL at a checkpoint file.")
-    if not allow_standin:
-        raise ClipUnavailableError(help_text)
-    from .standin import load_standin
-    enc = load_standin(device=device, **standin_kwargs)
-    banner = "!" * 78
-    print(f"{banner}\n!! {help_text}\n!! USING A LOCAL STAND-IN: {enc.describe()}\n"
-          f"!! It was trained here on the flower photos only; its features are NOT CLIP "
-          f"ViT-B/32's.\n{banner}", flush=True)
-    warnings.warn(f"CLIP {name} unavailable: using a local stand-in CLIP", stacklevel=2)
-    return enc

@@ -1,4 +1,4 @@
-"""Lab 05's pictures: the image x caption similarity matrix, and a prompt explorer."""
+"""Lab 05's picture: the image x caption cosine-similarity matrix."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -7,9 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 from PIL import Image
 
-from ..diffusion import DDPM, GUIDANCE_WEIGHTS
-from ..explorers import ContextFn, guidance_explorer
-from ..plotting import finish_figure
+from ..plotting import finish_figure, to_image, wrap_label
 
 
 def plot_similarity(images: Sequence, captions: Sequence[str], sims: torch.Tensor,
@@ -38,43 +36,10 @@ def plot_similarity(images: Sequence, captions: Sequence[str], sims: torch.Tenso
     finish_figure(fig, save_path)
 
 
-def wrap_label(text: str, width: int = 28) -> str:
-    """A prompt broken into lines for a figure label (CLIP reads line breaks as spaces)."""
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if line and len(line) + len(w) + 1 > width:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    return "\n".join(lines + [line])
-
-
 def _pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, torch.Tensor):
-        from ..plotting import to_image
         return to_image(image)
     with Image.open(image) as im:
         return im.convert("RGB")
-
-
-def text_context(encoder, device=None) -> ContextFn:
-    """``context_fn`` for lab 05: prompts -> CLIP text encodings (raw, as the course feeds them)."""
-    def context(prompts: Sequence[str]) -> torch.Tensor:
-        return encoder.encode_text(list(prompts)).to(device)
-    return context
-
-
-def prompt_explorer(model, ddpm: DDPM, encoder, prompts: Sequence[str],
-                    img_shape: Sequence[int], *, device=None,
-                    w_values: Sequence[float] = GUIDANCE_WEIGHTS, n_samples: int = 4,
-                    grid: Optional[torch.Tensor] = None, save_path=None, scale: int = 4):
-    """Type a prompt, pick ``w``, press *Sample*. The static w x prompt grid is drawn first
-    (it stands in where widgets do not render). Returns the widget box, or None."""
-    device = device if device is not None else ddpm.device
-    return guidance_explorer(model, ddpm, list(prompts), text_context(encoder, device), img_shape,
-                             device=device, w_values=w_values, n_samples=n_samples, grid=grid,
-                             save_path=save_path, scale=scale, free_text=True,
-                             labels=[wrap_label(p, 18) for p in prompts])

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..config import get_device, get_profile, project_dir, seed_everything
 from ..data.flowers import FLOWER_CLASSES, load_flowers_tensors
 from .captions import ZERO_SHOT_TEMPLATE, class_noun, image_captions, pick
-from .encoder import (EMBED_DIM, ClipEncoder, clip, count_parameters, load_checkpoint, normalise,
+from ..modules import count_parameters
+from .encoder import (EMBED_DIM, ClipEncoder, clip, load_checkpoint, normalise,
                       save_checkpoint)
 
 CLIP, convert_weights = clip.model.CLIP, clip.model.convert_weights

@@ -2,9 +2,8 @@
 from .blocks import (BasicDownBlock, BasicUpBlock, ConvBNReLU, DenseBottleneck, DownBlock,
                      EmbedBlock, GELUConvBlock, RearrangePoolBlock, ResidualConvBlock,
                      SinusoidalPositionEmbedBlock, UpBlock)
-from .unet import BasicUNet, UNet, count_parameters, evaluating
+from .unet import BasicUNet, UNet
 
 __all__ = ["BasicDownBlock", "BasicUpBlock", "ConvBNReLU", "DenseBottleneck", "DownBlock",
            "EmbedBlock", "GELUConvBlock", "RearrangePoolBlock", "ResidualConvBlock",
-           "SinusoidalPositionEmbedBlock", "UpBlock", "BasicUNet", "UNet", "count_parameters",
-           "evaluating"]
+           "SinusoidalPositionEmbedBlock", "UpBlock", "BasicUNet", "UNet"]

@@ -8,7 +8,6 @@ Time-aware models take integer timesteps ``t`` in ``[0, T)`` and divide by ``T``
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -135,26 +134,3 @@ class UNet(nn.Module):
             up1 = self.up1(self.c_embed1(c) * up0 + t_emb1, down2)
             up2 = self.up2(self.c_embed2(c) * up1 + t_emb2, down1)
         return self.out(torch.cat((up2, down0), 1))
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (what the course prints as ``Num params``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module):
-    """Eval mode (BatchNorm uses its running statistics) and no gradients inside the block;
-    the model's previous mode afterwards. Every sampler runs inside it. A plain function
-    (anything without ``train``/``eval``) only gets the no-gradient part."""
-    if not isinstance(model, nn.Module):
-        with torch.no_grad():
-            yield model
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)

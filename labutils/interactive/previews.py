@@ -10,9 +10,9 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from .diffusion import DDPM
-from .models import evaluating  # noqa: F401  (notebooks import it from here too)
-from .plotting import plot_image_rows
+from ..diffusion import DDPM
+from ..modules import evaluating
+from ..plotting import plot_image_rows
 
 OnStep = Callable[[int, int, float], None]
 
@@ -55,9 +55,7 @@ def denoising_preview(model, images: torch.Tensor, noise_fn, every: int,
 
 def sample_row(model, sampler: DDPM, shape: Sequence[int], *model_args) -> torch.Tensor:
     """Samples of ``shape`` ``[N, C, H, W]`` from pure noise, the model in eval mode."""
-    with evaluating(model):
-        x_0, _ = sampler.sample(model, shape, *model_args)
-    return x_0
+    return sampler.sample(model, shape, *model_args)[0]
 
 
 def sampling_preview(model, sampler: DDPM, every: int, shape: Sequence[int],

@@ -2,7 +2,7 @@
 
 A benchmark, not a test: it reports times and ratios measured in the same run on the same
 machine, and asserts nothing. Batches are random tensors of the lab's shape, so no data set is
-needed; the model, loss and optimiser are the lab's own (labs.Recipe).
+needed; the model, loss and optimiser are the lab's own (:class:`labutils.labs.Lab`).
 """
 from __future__ import annotations
 
@@ -11,30 +11,20 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .config import autocast, cpu_supports_bf16, get_device, lab_settings
-from .labs import Recipe
-
-
-def _batch(recipe: Recipe, batch_size: int):
-    s = recipe.settings
-    x = torch.rand(batch_size, s.img_ch, s.img_size, s.img_size, device=recipe.device) * 2 - 1
-    if recipe.lab == "flowers-clip":
-        y = torch.randn(batch_size, 512, device=recipe.device)
-    else:
-        y = torch.randint(0, len(recipe.classes or [0]), (batch_size,), device=recipe.device)
-    return x, y
+from ..config import autocast, cpu_supports_bf16, get_device, lab_settings
+from ..labs import Lab
 
 
 def time_steps(lab: str, device: torch.device, batch_size: Optional[int], steps: int,
                bf16: bool, warmup: int = 2) -> float:
     """Seconds per training step (forward, backward, Adam) of ``lab``'s model."""
     settings = lab_settings(lab, "full")          # the course's model and batch
-    recipe = Recipe(settings, device)
+    lab_run = Lab(settings, device)
     torch.manual_seed(0)
-    model = recipe.build_model()
-    optimizer = recipe.optimizer(model)
-    loss_fn = recipe.loss_fn()
-    x, y = _batch(recipe, batch_size or settings.batch_size)
+    model = lab_run.build_model()
+    optimizer = lab_run.optimizer(model)
+    loss_fn = lab_run.loss_fn()
+    x, y = lab_run.random_batch(batch_size or settings.batch_size)
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":

@@ -10,8 +10,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .diffusion import DDPM
-from .plotting import make_grid, plot_grid
+from ..config import seeded
+from ..diffusion import DDPM
+from ..plotting import make_grid, plot_grid
 
 
 def q_images(ddpm: DDPM, images: torch.Tensor, t: int, seed: int = 0) -> torch.Tensor:
@@ -22,9 +23,7 @@ def q_images(ddpm: DDPM, images: torch.Tensor, t: int, seed: int = 0) -> torch.T
     """
     if not 0 <= t < ddpm.T:
         raise ValueError(f"t must lie in [0, {ddpm.T}), got {t}")
-    devices = [ddpm.device] if ddpm.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, ddpm.device):
         x_t, _ = ddpm.q(images.to(ddpm.device),
                         torch.full((len(images),), t, device=ddpm.device))
     return x_t.cpu()

@@ -100,12 +100,12 @@ def _data_checks(data_dir: Optional[str]) -> List[Tuple[str, bool, str]]:
     """(item, present, detail) for Fashion-MNIST, the flower photos and the CLIP weights."""
     rows = []
     try:
-        from .data import find_fashion_mnist
+        from ..data import find_fashion_mnist
         rows.append(("Fashion-MNIST", True, str(find_fashion_mnist(data_dir, download=False))))
     except Exception as err:
         rows.append(("Fashion-MNIST", False, str(err).splitlines()[0]))
     try:
-        from .data.flowers import find_flowers
+        from ..data.flowers import find_flowers
         rows.append(("flower photos", True, str(find_flowers())))
     except Exception as err:
         rows.append(("flower photos", False, " ".join(str(err).splitlines()[:3])))
@@ -137,7 +137,7 @@ def _clip_weights() -> Tuple[bool, str]:
 def run_doctor(data_dir: Optional[str] = None) -> int:
     import torch
 
-    from .config import cpu_flags, cpu_supports_bf16
+    from ..config import cpu_flags, cpu_supports_bf16
     advice: List[str] = []
 
     _section("Python")
@@ -235,7 +235,7 @@ def _read(path: str) -> List[str]:
 # --- prepare ---------------------------------------------------------------------------------------
 
 def _stage_fashion_mnist(dest: Path) -> str:
-    from .data.fashion_mnist import SYSTEM_DIR, _FILES, _complete, _file_in
+    from ..data.fashion_mnist import SYSTEM_DIR, _FILES, _complete, _file_in
     if _complete(dest):
         return f"already complete in {dest}"
     if _complete(SYSTEM_DIR):   # copy the system's files rather than downloading
@@ -255,13 +255,13 @@ def _stage_fashion_mnist(dest: Path) -> str:
 
 
 def _stage_flowers(dest: Path, archive: Optional[str]) -> str:
-    from .data.flowers import prepare_flowers
+    from ..data.flowers import prepare_flowers
     path = prepare_flowers(dest, archive=archive)
     return f"export LABUTILS_FLOWERS_DIR={Path(path).resolve()}"
 
 
 def _stage_clip(dest: Path, name: str) -> str:
-    from .clip.encoder import fetch_model, load_checkpoint
+    from ..clip.encoder import fetch_model, load_checkpoint
     path = fetch_model(name, download_root=str(dest))
     load_checkpoint(path)   # proves the file loads
     return f"export LABUTILS_CLIP_MODEL={Path(path).resolve()}"

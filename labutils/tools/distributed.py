@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError, get_device
+from ..config import ConfigError, get_device
 
 
 @dataclasses.dataclass

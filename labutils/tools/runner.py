@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .config import get_profile, timestamp
+from ..config import get_profile, project_dir, timestamp
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = project_dir() / "notebooks"
 
 
 def find_notebooks(directory: Path = NOTEBOOK_DIR, select: Optional[Sequence[str]] = None
@@ -35,9 +35,9 @@ def ensure_flowers() -> None:
     Needs internet when nothing is there yet; without it, say what to do and carry on (the
     notebooks then stop with the data module's instructions, or use the ci fixture).
     """
-    from .config import project_dir
-    from .data import DataNotFoundError
-    from .data.flowers import find_flowers, prepare_flowers
+    from ..config import project_dir
+    from ..data import DataNotFoundError
+    from ..data.flowers import find_flowers, prepare_flowers
     try:
         print(f"Flower photos: {find_flowers()}")
         return

@@ -1,7 +1,8 @@
 """Explore a trained guided model: pick a context (class or prompt) and a guidance weight.
 
 The contexts are named by strings (class names in lab 04, prompts in lab 05); ``context_fn``
-turns a list of names into the model's context rows. Widgets only render in a live Jupyter
+turns a list of names into the model's context rows (:func:`one_hot_context` for classes,
+:func:`text_context` for CLIP prompts). Widgets only render in a live Jupyter
 front end, so :func:`guidance_explorer` always draws a static weight x context grid first.
 """
 from __future__ import annotations
@@ -10,10 +11,10 @@ import io
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .diffusion import DDPM, GUIDANCE_WEIGHTS, sample_w
-from .plotting import make_grid, plot_grid
+from ..context import class_indices, one_hot
+from ..diffusion import DDPM, GUIDANCE_WEIGHTS, sample_w
+from ..plotting import make_grid, plot_grid, wrap_label
 
 ContextFn = Callable[[Sequence[str]], torch.Tensor]
 
@@ -23,11 +24,14 @@ def one_hot_context(class_names: Sequence[str], device=None) -> ContextFn:
     names = list(class_names)
 
     def context(chosen: Sequence[str]) -> torch.Tensor:
-        unknown = [c for c in chosen if c not in names]
-        if unknown:
-            raise ValueError(f"unknown classes {unknown}; the model knows {names}")
-        idx = torch.tensor([names.index(c) for c in chosen], device=device)
-        return F.one_hot(idx, len(names)).float()
+        return one_hot(class_indices(chosen, names), len(names)).to(device)
+    return context
+
+
+def text_context(encoder, device=None) -> ContextFn:
+    """``context_fn`` for lab 05: prompts -> CLIP text encodings (raw, as the course feeds them)."""
+    def context(prompts: Sequence[str]) -> torch.Tensor:
+        return encoder.encode_text(list(prompts)).to(device)
     return context
 
 
@@ -119,3 +123,16 @@ def guidance_explorer(model, ddpm: DDPM, class_names: Sequence[str], context_fn:
 
     button.on_click(on_click)
     return ipw.VBox([ipw.HBox([choice, weight, button]), picture, caption])
+
+
+def prompt_explorer(model, ddpm: DDPM, encoder, prompts: Sequence[str],
+                    img_shape: Sequence[int], *, device=None,
+                    w_values: Sequence[float] = GUIDANCE_WEIGHTS, n_samples: int = 4,
+                    grid: Optional[torch.Tensor] = None, save_path=None, scale: int = 4):
+    """Lab 05: type a prompt, pick ``w``, press *Sample*. The static w x prompt grid is drawn
+    first (it stands in where widgets do not render). Returns the widget box, or None."""
+    device = device if device is not None else ddpm.device
+    return guidance_explorer(model, ddpm, list(prompts), text_context(encoder, device), img_shape,
+                             device=device, w_values=w_values, n_samples=n_samples, grid=grid,
+                             save_path=save_path, scale=scale, free_text=True,
+                             labels=[wrap_label(p, 18) for p in prompts])

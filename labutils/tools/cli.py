@@ -1,0 +1,221 @@
+"""The ``labutils`` command (also ``python -m labutils``).
+
+Subcommands: ``run-labs`` (execute the notebooks), ``train`` (one lab as a batch job, with
+checkpoints, resume and torchrun multi-GPU), ``sample`` (grids and GIFs from a checkpoint),
+``doctor`` (what this machine has, what to install) and ``prepare`` (stage data and weights
+for offline compute nodes).
+
+Exit codes: 0 done; 1 something failed (``prepare``: a requested item; ``train``: ranks
+disagree); 2 bad arguments or unusable input (message on stderr, no traceback); 3 training
+stopped on a NaN/inf loss (the last good checkpoint is kept); 130 / 143 stopped by SIGINT /
+SIGTERM after saving a checkpoint (``--resume`` continues).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ..config import LABS, PROFILES, ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+# --- argument types: bad values become argparse errors (usage + message, exit 2) ------------
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+# --- sample -------------------------------------------------------------------------------------
+
+def _cmd_train(args) -> int:
+    from .train_job import run_train
+    return run_train(args)
+
+
+def _cmd_sample(args) -> int:
+    from ..config import LabSettings, get_device, seeded
+    from ..labs import Lab
+    from ..plotting import make_grid, save_animation, trajectory_frames
+    from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint
+    from .files import grid_scale, save_png
+
+    device = get_device(args.device)
+    source = Path(args.checkpoint)
+    if source.is_dir():
+        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+        found = CheckpointDir(folder).latest(
+            report=lambda m: print(f"labutils sample: {m}", file=sys.stderr))
+        if found is None:
+            raise CheckpointError(f"no checkpoint in {folder}")
+        path, state = found
+    else:
+        path, state = source, load_checkpoint(source)
+    settings = LabSettings(**state["settings"])
+    lab = Lab(settings, device, clip_model=args.clip_model)
+    spec = lab.spec
+    if args.gif and spec.picture == "denoise":
+        raise ConfigError(f"lab {settings.lab} has no sampling trajectory to animate (drop --gif)")
+    model = lab.build_model()
+    model.load_state_dict(state["model"])
+    if spec.conditioning == "clip-text":
+        lab.encoder()
+        trained_with, now = state.get("clip"), lab.clip_info()
+        if trained_with and trained_with["fingerprint"] != now["fingerprint"]:
+            raise ConfigError(
+                f"this model was trained with CLIP {trained_with['model_id']} (weights sha256 "
+                f"{trained_with['fingerprint'][:12]}), but {now['model_id']} (sha256 "
+                f"{now['fingerprint'][:12]}) was loaded: pass --clip-model with the same weights")
+    with seeded(args.seed, device):
+        samples = lab.sample(model, classes=args.classes, prompts=args.prompts,
+                             weights=args.w, steps=args.steps, n=args.n)
+    scale = grid_scale(settings.img_size)
+    out = save_png(make_grid(samples.images, samples.ncols, scale=scale), Path(args.out))
+    print(f"{settings.lab} (checkpoint {path}, step {state['step']}): "
+          f"{len(samples.images)} images -> {out}")
+    if samples.row_labels:
+        print("rows: " + ", ".join(samples.row_labels))
+    if samples.col_labels:
+        print("columns: " + ", ".join(samples.col_labels))
+    if args.gif:
+        gif = save_animation(trajectory_frames(samples.frames, samples.ncols, scale=scale),
+                             args.gif)
+        print(f"animation: {gif}")
+    return 0
+
+
+# --- doctor, prepare, run-labs ------------------------------------------------------------------
+
+def _cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+    return run_doctor(args.data_dir)
+
+
+def _cmd_prepare(args) -> int:
+    from .doctor import run_prepare
+    return run_prepare(Path(args.dest), args.only, args.flowers_archive, args.clip_model)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+    run_bench(args.labs, args.device, args.batch_size, args.steps)
+    return 0
+
+
+def _cmd_run_labs(args) -> int:
+    from .runner import NOTEBOOK_DIR, run_notebooks
+    out = run_notebooks(args.out, args.profile, args.labs,
+                        Path(args.notebooks) if args.notebooks else NOTEBOOK_DIR)
+    print(f"Executed notebooks and figures: {out}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labutils", description="Diffusion-model labs: run the notebooks, train, sample.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 NaN/inf loss, 130/143 stopped by "
+               "SIGINT/SIGTERM after a checkpoint (continue with --resume).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run-labs", help="execute the lab notebooks; copies go to runs/<time>/")
+    p.add_argument("--profile", choices=PROFILES, help="default: full with a GPU, else quick")
+    p.add_argument("--out", type=Path, help="output folder (default runs/<timestamp>)")
+    p.add_argument("--labs", nargs="*", help="only these notebooks, by number prefix (01 02 ...)")
+    p.add_argument("--notebooks", help="the notebook folder (default: the checkout's notebooks/)")
+    p.set_defaults(func=_cmd_run_labs)
+
+    p = sub.add_parser(
+        "train", help="train one lab with checkpoints (torchrun for several GPUs)",
+        description="Train one lab. Several GPUs: torchrun --nproc_per_node=N -m labutils "
+                    "train LAB ... SIGTERM/SIGINT save a checkpoint and exit 143/130.")
+    p.add_argument("lab", choices=LABS, metavar="LAB", help="one of: " + ", ".join(LABS))
+    p.add_argument("--profile", choices=PROFILES,
+                   help="settings profile (default: LABUTILS_PROFILE, else full with a GPU, "
+                        "else quick; on --resume: the checkpoint's)")
+    p.add_argument("--epochs", type=_int_at_least(0, "--epochs"),
+                   help="total epochs (default: the profile's)")
+    p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"),
+                   help="images per step and process (default: the profile's)")
+    p.add_argument("--out", help="run folder: checkpoints, samples, loss log, summary "
+                                 "(default runs/train-LAB)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest readable checkpoint in --out (none: start)")
+    p.add_argument("--seed", type=int, help="random seed (default 0, or the checkpoint's)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--checkpoint-every", type=_int_at_least(0, "--checkpoint-every"),
+                   default=500, help="steps between checkpoints, 0: epoch ends only "
+                                     "(default 500)")
+    p.add_argument("--sample-every", type=_int_at_least(0, "--sample-every"),
+                   help="epochs between sample grids, 0: none (default: the profile's "
+                        "sample_every; the last epoch always draws one unless 0)")
+    p.add_argument("--keep", type=_int_at_least(1, "--keep"), default=3,
+                   help="checkpoints kept (default 3)")
+    p.add_argument("--data-dir", help="data folder (default: the data modules' search order)")
+    p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file "
+                                        "(default LABUTILS_CLIP_MODEL, else ViT-B/32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample a grid (and GIF) from a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint)")
+    p.add_argument("--classes", nargs="+", help="class names or indices (class-guided labs)")
+    p.add_argument("--prompts", nargs="+", help="text prompts (flowers-clip)")
+    p.add_argument("--w", type=float, nargs="+", help="guidance weights (default -2 ... 2)")
+    p.add_argument("--steps", type=_int_at_least(1, "--steps"),
+                   help="reverse steps (default: the profile's sample_steps, else T)")
+    p.add_argument("--n", type=_int_at_least(1, "--n"), default=16,
+                   help="images for unguided labs (default 16)")
+    p.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
+    p.add_argument("--gif", help="also write the denoising trajectory as a GIF")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("bench", help="time training steps of each lab's model, fp32 vs bf16")
+    p.add_argument("--labs", nargs="+", choices=LABS,
+                   default=["fmnist-unet", "fmnist-ddpm", "fmnist-optimized", "fmnist-cfg"],
+                   metavar="LAB", help="labs to time (default: the Fashion-MNIST ones)")
+    p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"),
+                   help="default: the course's batch of each lab")
+    p.add_argument("--steps", type=_int_at_least(1, "--steps"), default=5)
+    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("doctor", help="report Python, torch, GPUs, driver, CPU, data; advise")
+    p.add_argument("--data-dir", help="data folder to check (default LABUTILS_DATA_DIR or data/)")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("prepare", help="download Fashion-MNIST, flowers and CLIP weights into "
+                                       "DEST (on a login node with internet)")
+    p.add_argument("dest", help="shared folder to fill")
+    p.add_argument("--only", nargs="+", choices=("fmnist", "flowers", "clip"),
+                   help="only these items (default all three)")
+    p.add_argument("--flowers-archive", help="a local flower_photos.tgz (no download)")
+    p.add_argument("--clip-model", default="ViT-B/32", help="CLIP model name (default ViT-B/32)")
+    p.set_defaults(func=_cmd_prepare)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        # CheckpointError, DataNotFoundError and bad settings land here: a message, no traceback.
+        print(f"labutils {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"labutils {args.command}: interrupted", file=sys.stderr)
+        return 130

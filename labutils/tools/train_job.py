@@ -1,0 +1,335 @@
+"""``labutils train``: one lab as a batch job, in the order a reader would do it by hand.
+
+1. :func:`resume_state`   find the newest readable checkpoint (``--resume``) or refuse to overwrite
+2. :func:`run_settings`   the profile's settings, or the checkpoint's, with the command's changes
+3. :class:`TrainJob`      build model, optimiser and data (rank 0 first: it may write caches),
+                          then train with hooks that log, checkpoint and draw sample grids
+4. ``TrainJob.finish``    ``summary.json`` and a check that every rank ends with the same weights
+
+Every rank runs the same code; collectives (``ctx.gather``, ``ctx.any``) are called on every
+rank, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import __version__
+from ..config import ConfigError, LabSettings, lab_settings, seed_everything, seeded
+from ..data import BatchLoader
+from ..labs import Lab
+from ..plotting import make_grid
+from ..training import NonFiniteLossError, train
+from . import distributed
+from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint, rng_state, set_rng_state
+from .files import grid_scale, save_png, write_text_atomic
+
+EXIT_NONFINITE = 3
+
+
+def say(ctx, *parts, **kw) -> None:
+    """Print on rank 0 only."""
+    if ctx is None or ctx.is_main:
+        print(*parts, **kw, flush=True)
+
+
+# --- stop on SIGTERM / SIGINT ----------------------------------------------------------------
+
+class StopRequest:
+    """Remembers the first SIGTERM/SIGINT; the loop stops after its current step and saves.
+
+    A second signal interrupts at once (KeyboardInterrupt), for a user who cannot wait.
+    """
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\nlabutils: {signal.Signals(signum).name} received: saving a checkpoint and "
+              "stopping after this step (send it again to stop at once)", file=sys.stderr,
+              flush=True)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum else 0
+
+
+# --- 1. and 2.: where to start from, with which settings ----------------------------------------
+
+def resume_state(args, ckpts: CheckpointDir, ctx):
+    """``(path, state)`` of the checkpoint to continue from, or ``(None, None)``.
+
+    Rank 0 picks the newest readable checkpoint; every rank loads that same file.
+    """
+    if not args.resume:
+        if ckpts.list():
+            raise ConfigError(f"{ckpts.directory} already holds checkpoints: pass --resume to "
+                              "continue that run, or choose another --out")
+        return None, None
+    choice, problem, state = None, None, None
+    if ctx.is_main:
+        try:
+            found = ckpts.latest(report=lambda m: print(f"labutils train: {m}", file=sys.stderr,
+                                                        flush=True))
+            if found is not None:
+                choice, state = str(found[0]), found[1]
+        except CheckpointError as err:
+            problem = str(err)
+    choice, problem = ctx.broadcast((choice, problem))
+    if problem:
+        raise CheckpointError(problem)
+    if choice and not ctx.is_main:
+        state = load_checkpoint(choice)
+    if choice is None:
+        say(ctx, f"labutils train: no checkpoint in {ckpts.directory}: starting from scratch")
+    elif state.get("world_size", 1) != ctx.world_size:
+        raise ConfigError(f"the checkpoint was written by {state.get('world_size', 1)} "
+                          f"process(es); resume with the same number (now {ctx.world_size})")
+    return choice, state
+
+
+def run_settings(args, state, out: Path) -> LabSettings:
+    """The profile's settings (a new run) or the checkpoint's (a resumed one), with the
+    command's ``--epochs`` / ``--batch-size``; anything that would break exact resume is refused."""
+    if state is None:
+        settings = lab_settings(args.lab, args.profile)
+    else:
+        settings = LabSettings(**state["settings"])
+        if settings.lab != args.lab:
+            raise ConfigError(f"the checkpoints in {out} are of lab {settings.lab!r}, "
+                              f"not {args.lab!r}")
+        if args.profile and args.profile != settings.profile:
+            raise ConfigError(f"the checkpoints in {out} were made with profile "
+                              f"{settings.profile!r}; resume without --profile or use a new --out")
+    changes = {}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.batch_size is not None:
+        if state is not None and args.batch_size != settings.batch_size:
+            raise ConfigError(f"the checkpoints in {out} use batch size "
+                              f"{settings.batch_size}; resuming with {args.batch_size} would "
+                              "change the schedule (drop --batch-size or use a new --out)")
+        changes["batch_size"] = args.batch_size
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def run_seed(args, state, out: Path) -> int:
+    seed = args.seed if args.seed is not None else (state["seed"] if state else 0)
+    if state is not None and seed != state["seed"]:
+        raise ConfigError(f"the checkpoints in {out} use seed {state['seed']} (it fixes the "
+                          "data order); resume without --seed or use a new --out")
+    return seed
+
+
+def rewrite_log(path: Path, upto_step: int) -> None:
+    """Keep the loss log's lines up to the resumed step (later steps are trained again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= upto_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a crash
+    write_text_atomic(path, "".join(k + "\n" for k in kept))
+
+
+# --- 3. and 4.: the run --------------------------------------------------------------------------
+
+class TrainJob:
+    """One training run of one lab: built in ``__init__``, trained by :meth:`run`."""
+
+    def __init__(self, args, ctx):
+        self.args, self.ctx = args, ctx
+        self.out = Path(args.out) if args.out else Path("runs") / f"train-{args.lab}"
+        self.ckpts = CheckpointDir(self.out / "checkpoints", keep=args.keep)
+        if ctx.is_main:
+            self.ckpts.clean_temporaries()
+        self.resumed_from, state = resume_state(args, self.ckpts, ctx)
+        self.state = state
+        self.settings = run_settings(args, state, self.out)
+        self.seed = run_seed(args, state, self.out)
+
+        seed_everything(self.seed)          # the same initial weights on every rank
+        self.lab = Lab(self.settings, ctx.device, self.seed, clip_model=args.clip_model,
+                       data_dir=args.data_dir)
+        self.model = self.lab.build_model()
+        self.optimizer = self.lab.optimizer(self.model)
+        self.data = self._dataset()
+        self.loader = BatchLoader(self.data, self.settings.batch_size, augment=self.lab.augment(),
+                                  device=ctx.device, max_batches=self.settings.steps_per_epoch,
+                                  rank=ctx.rank, world_size=ctx.world_size, seed=self.seed)
+        self.start_step = 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.start_step = int(state["step"])
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.settings.epochs * self.steps_per_epoch
+        self.sample_every = (self.settings.sample_every if args.sample_every is None
+                             else args.sample_every)
+        self.saved = {"step": None, "path": self.resumed_from}
+        self.log_file = None
+        self.t0 = time.time()
+
+    def _dataset(self):
+        # Rank 0 first: it may write caches (CLIP embeddings, a stand-in CLIP) the others read.
+        data = self.lab.dataset() if self.ctx.is_main else None
+        self.ctx.barrier()
+        return data if data is not None else self.lab.dataset()
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def write_header(self) -> None:
+        s, ctx = self.settings, self.ctx
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            rewrite_log(self.out / "loss.jsonl", self.start_step)
+            write_text_atomic(self.out / "settings.json", json.dumps(
+                dict(dataclasses.asdict(s), seed=self.seed, world_size=ctx.world_size), indent=2))
+        say(ctx, f"labutils train {s.lab}: profile {s.profile}, {ctx.world_size} process(es) on "
+                 f"{ctx.device}, batch {s.batch_size} per process, {s.epochs} epochs x "
+                 f"{self.steps_per_epoch} steps, lr {s.lr:g} -> {self.out}/")
+        if self.resumed_from:
+            say(ctx, f"resuming from {self.resumed_from} (step {self.start_step} of "
+                     f"{self.total_steps})")
+
+    def save(self, step: int) -> None:
+        """A checkpoint at ``step`` (a collective: every rank calls it; rank 0 writes)."""
+        rngs = self.ctx.gather(rng_state())
+        if not self.ctx.is_main or self.saved["step"] == step:
+            return
+        s = self.settings
+        ckpt = {"format": 1, "labutils_version": __version__,
+                "torch_version": str(torch.__version__), "lab": s.lab,
+                "settings": dataclasses.asdict(s), "seed": self.seed,
+                "world_size": self.ctx.world_size, "step": step,
+                "epoch": step // self.steps_per_epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": rngs}
+        if self.lab.clip_info() is not None:
+            ckpt["clip"] = self.lab.clip_info()
+        self.saved["path"] = str(self.ckpts.save(ckpt, step))
+        self.saved["step"] = step
+
+    def draw(self, epoch: int) -> None:
+        """The lab's sample grid into ``samples/epochNNN.png`` (rank 0, a fixed seed)."""
+        if not self.ctx.is_main:
+            return
+        examples = self.data.images[:8] if self.lab.spec.picture == "denoise" else None
+        with seeded(self.seed, self.ctx.device):
+            samples = self.lab.sample(self.model, examples=examples)
+        path = save_png(make_grid(samples.images, samples.ncols,
+                                  scale=grid_scale(self.settings.img_size)),
+                        self.out / "samples" / f"epoch{epoch:03d}.png")
+        print(f"epoch {epoch}: sample grid {path}", flush=True)
+
+    # --- hooks -----------------------------------------------------------------------------------
+
+    def on_step(self, step: int, epoch: int, loss: float) -> None:
+        if self.log_file is not None:
+            self.log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss,
+                                            "time": round(time.time() - self.t0, 3)}) + "\n")
+            self.log_file.flush()
+        if self.args.checkpoint_every and step % self.args.checkpoint_every == 0:
+            self.save(step)
+
+    def on_epoch_end(self, epoch: int, step: int) -> None:
+        self.save(step)
+        every = self.sample_every
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == self.settings.epochs):
+            self.draw(epoch)
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Train to the end (0), or stop on a signal after a checkpoint (130/143), or on a
+        non-finite loss without touching the last good checkpoint (3)."""
+        self.write_header()
+        ctx, s = self.ctx, self.settings
+        ddp_model = distributed.wrap_model(self.model, ctx, self.lab.spec.find_unused_parameters)
+        loss_fn = distributed.agree_on_loss(self.lab.loss_fn(), ctx)
+        self.log_file = open(self.out / "loss.jsonl", "a") if ctx.is_main else None
+        try:
+            with StopRequest() as stop:
+                if self.state is not None:  # last, so data loading cannot shift the streams
+                    set_rng_state(self.state["rng"][ctx.rank])
+                else:
+                    seed_everything(self.seed + ctx.rank)   # ranks draw different noise
+                try:
+                    result = train(ddp_model, loss_fn, self.loader, self.optimizer, s.epochs,
+                                   start_step=self.start_step,
+                                   progress=ctx.is_main and not self.args.quiet, desc=s.lab,
+                                   on_step=self.on_step, on_epoch_end=self.on_epoch_end,
+                                   should_stop=lambda: ctx.any(stop.signum is not None))
+                except NonFiniteLossError as err:
+                    print(f"labutils train: error: {err}\nLast good checkpoint: "
+                          f"{self.saved['path'] or 'none yet'} (not overwritten)", file=sys.stderr)
+                    return EXIT_NONFINITE
+                if result.stopped_early:
+                    self.save(result.step)
+                    say(ctx, f"stopped at step {result.step} of {self.total_steps}; checkpoint "
+                             f"{self.saved['path']}. Continue with: labutils train {s.lab} "
+                             f"--out {self.out} --resume")
+                    return stop.exit_code or 0
+        finally:
+            if self.log_file is not None:
+                self.log_file.close()
+        return self.finish(result)
+
+    def finish(self, result) -> int:
+        """Write ``summary.json``; 1 when the ranks' weights differ, else 0."""
+        ctx, s = self.ctx, self.settings
+        digests = ctx.gather(distributed.params_digest(self.model))
+        summary = {
+            "lab": s.lab, "profile": s.profile, "device": str(ctx.device),
+            "world_size": ctx.world_size, "step": result.step, "total_steps": self.total_steps,
+            "epochs": s.epochs, "resumed_from_step": self.start_step,
+            "steps_this_run": len(result.losses),
+            "final_loss": result.losses[-1] if result.losses else None,
+            "wall_time_s": round(result.wall_time, 3), "cpu_time_s": round(result.cpu_time, 3),
+            "images_per_second": round(result.images_per_second * ctx.world_size, 1),
+            "epoch_times_s": [round(t, 3) for t in result.epoch_times],
+            "seconds_per_epoch": (round(sum(result.epoch_times) / len(result.epoch_times), 3)
+                                  if result.epoch_times else None),
+            "param_digests": digests, "checkpoint": self.saved["path"],
+        }
+        if ctx.is_main:
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
+            print(f"done: {result.summary()}; cpu time is rank 0's process"
+                  + (f", images/s summed over {ctx.world_size} ranks" if ctx.enabled else "")
+                  + f"\nsummary: {self.out / 'summary.json'}", flush=True)
+        if len(set(digests)) > 1:
+            say(ctx, "labutils train: error: the ranks' weights differ after training",
+                file=sys.stderr)
+            return 1
+        return 0
+
+
+def run_train(args) -> int:
+    """The ``train`` command: set up the process group (torchrun) around one :class:`TrainJob`."""
+    ctx = distributed.init(args.device)
+    try:
+        return TrainJob(args, ctx).run()
+    finally:
+        distributed.shutdown(ctx)
