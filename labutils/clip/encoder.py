@@ -12,7 +12,9 @@ A checkpoint *path* that cannot be loaded is always an error (you asked for that
 
 Every checkpoint goes through one loader here, :func:`load_checkpoint`: an OpenAI TorchScript
 archive or a plain state dict (read with ``torch.load(weights_only=True)``), built with
-``clip.model.build_model``. (``clip.load`` itself fails on a plain state dict with current torch:
+``clip.model.build_model``. Only give CLIP files you trust: a TorchScript archive is opened
+with ``torch.jit.load`` only when its SHA-256 is one that OpenAI published (``clip``'s model
+table); any other file must be a plain state dict, which loads without running code. (``clip.load`` itself fails on a plain state dict with current torch:
 it reuses the file handle after its TorchScript attempt.)
 """
 from __future__ import annotations
@@ -183,20 +185,33 @@ def sidecar_path(checkpoint) -> Path:
     return checkpoint.with_name(checkpoint.name + ".json")
 
 
+def openai_sha256s() -> Dict[str, str]:
+    """SHA-256 -> model name of the files OpenAI published (from ``clip``'s download URLs)."""
+    return {url.split("/")[-2]: name for name, url in clip.clip._MODELS.items()}
+
+
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
-    """The weights of a CLIP checkpoint: an OpenAI TorchScript archive or a plain state dict."""
+    """The weights of a CLIP checkpoint: OpenAI's TorchScript archive or a plain state dict.
+
+    ``torch.jit.load`` can run arbitrary TorchScript, so it is used only for a file whose
+    SHA-256 is one of OpenAI's published files; every other file is read as a state dict with
+    ``weights_only=True``.
+    """
     path = Path(path)
-    try:
+    if file_fingerprint(path) in openai_sha256s():
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location="cpu").state_dict()
-    except RuntimeError:
-        pass  # not TorchScript: a plain state dict (opened afresh, unlike clip.load)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "looks like a TorchScript archive": refused below
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ClipUnavailableError(f"{path} is neither a TorchScript CLIP archive nor a state "
-                                   f"dict torch can read safely: {err}") from err
+        raise ClipUnavailableError(
+            f"{path} is not a state dict torch can read safely ({type(err).__name__}), and not "
+            "one of OpenAI's published CLIP files (SHA-256 checked): labutils does not run other "
+            "TorchScript. Save its weights with torch.save(model.state_dict(), ...) and pass "
+            "that file") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or "text_projection" not in state:

@@ -5,12 +5,18 @@ Where the files come from, in order:
 2. the system copy ``/usr/share/datasets/fashion-mnist/`` (Debian: ``apt-get install
    dataset-fashion-mnist``);
 3. torchvision's download into ``data/`` (needs internet).
+A directory given explicitly that lacks the files is an error, never a reason to look elsewhere;
+a failed download leaves nothing behind. Truncated or corrupt files are an error naming the file
+(:func:`verify_fashion_mnist` checks all four, as ``labutils doctor`` does).
 """
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -39,6 +45,10 @@ class DataNotFoundError(FileNotFoundError):
     """A data set is nowhere labutils looks; the message lists every way to provide it."""
 
 
+class CorruptDataError(ValueError):
+    """A data file is there but cannot be read (truncated, not gzip, wrong header)."""
+
+
 def _file_in(directory: Path, stem: str) -> Optional[Path]:
     for sub in _LAYOUTS:
         for name in (stem + ".gz", stem):
@@ -56,14 +66,23 @@ def find_fashion_mnist(data_dir=None, download: bool = True) -> Path:
     """The first directory holding all four Fashion-MNIST IDX files (see the module docstring)."""
     tried = []
     explicit = data_dir or os.environ.get("LABUTILS_DATA_DIR")
+    if explicit is not None and not str(explicit).strip() and data_dir is None:
+        raise DataNotFoundError("Fashion-MNIST: LABUTILS_DATA_DIR is set but empty: point it at "
+                                "a folder with the four IDX files, or unset it")
     if explicit:
+        # An explicit choice is used or refused, never silently replaced by another copy.
         d = Path(explicit).expanduser()
+        source = "argument data_dir" if data_dir else "LABUTILS_DATA_DIR"
         if _complete(d):
             return d
-        tried.append(f"  1. {d} (from {'argument' if data_dir else 'LABUTILS_DATA_DIR'}): "
-                     "no complete set of the four IDX files")
-    else:
-        tried.append("  1. no directory given (argument data_dir= or LABUTILS_DATA_DIR)")
+        missing = [s for s in _FILES.values() if not _file_in(d, s)] if d.is_dir() else []
+        raise DataNotFoundError(
+            f"Fashion-MNIST: {d} (from {source}) "
+            + (f"has no complete set of the four IDX files (lacks {', '.join(missing)})"
+               if d.is_dir() else "is not a directory")
+            + ": point it at a folder with the four IDX files (or unset it to use the system "
+              "copy or a download)")
+    tried.append("  1. no directory given (argument data_dir= or LABUTILS_DATA_DIR)")
     if _complete(SYSTEM_DIR):
         return SYSTEM_DIR
     tried.append(f"  2. {SYSTEM_DIR}: missing (Debian/Ubuntu: "
@@ -72,10 +91,7 @@ def find_fashion_mnist(data_dir=None, download: bool = True) -> Path:
         return DOWNLOAD_DIR
     if download:
         try:
-            import torchvision
-            for train in (True, False):
-                torchvision.datasets.FashionMNIST(str(DOWNLOAD_DIR), train=train, download=True)
-            if _complete(DOWNLOAD_DIR):
+            if _download(DOWNLOAD_DIR):
                 return DOWNLOAD_DIR
             tried.append(f"  3. download into {DOWNLOAD_DIR}/: finished without the files")
         except Exception as err:  # no internet, proxy, disk...
@@ -88,22 +104,69 @@ def find_fashion_mnist(data_dir=None, download: bool = True) -> Path:
         "IDX files, install the system copy, or run once with internet (`labutils prepare`).")
 
 
+def _download(dest: Path) -> bool:
+    """torchvision's download, done in a temporary folder and moved into ``dest/FashionMNIST/raw``
+    only when all four files arrived: a failure leaves nothing behind (not even empty folders)."""
+    import torchvision
+    made = [p for p in (dest, *dest.parents) if not p.exists()]
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fashion-mnist-download.", dir=dest))
+    ok = False
+    try:
+        for train in (True, False):
+            torchvision.datasets.FashionMNIST(str(tmp), train=train, download=True)
+        got = {stem: _file_in(tmp, stem) for stem in _FILES.values()}
+        if all(got.values()):
+            raw = dest / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for stem, path in got.items():
+                os.replace(path, raw / path.name)
+            ok = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not ok:
+            for p in made:  # the folders this attempt created, innermost first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+    return ok
+
+
 def read_idx(path) -> np.ndarray:
-    """Read one IDX file (optionally gzipped) into a NumPy array."""
+    """Read one IDX file (optionally gzipped) into a NumPy array.
+
+    A truncated or corrupt file raises :class:`CorruptDataError` (a ValueError) naming it."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise CorruptDataError(
+            f"{path}: unreadable (truncated or corrupt?): {type(err).__name__}: {err}. Delete it "
+            "and fetch it again (`labutils prepare`, or the system package)") from None
     if len(data) < 4:
-        raise ValueError(f"{path}: not an IDX file (only {len(data)} bytes)")
+        raise CorruptDataError(f"{path}: not an IDX file (only {len(data)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (header {data[:4].hex()})")
+    if zero != 0 or dtype_code != 0x08 or len(data) < 4 + 4 * ndim:
+        raise CorruptDataError(f"{path}: not an unsigned-byte IDX file (header {data[:4].hex()})")
     shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: truncated: header says {shape}, file holds {body.size} values")
+        raise CorruptDataError(f"{path}: truncated: header says {shape}, file holds {body.size} values")
     return body.reshape(shape)
+
+
+def verify_fashion_mnist(directory) -> Path:
+    """Read all four IDX files of ``directory``; :class:`CorruptDataError` names a bad one."""
+    directory = Path(directory)
+    for split in ("train", "test"):
+        images, labels = _read_split(directory, split)
+        if len(images) != len(labels):
+            raise CorruptDataError(f"{directory}: {split} has {len(images)} images but "
+                                   f"{len(labels)} labels")
+    return directory
 
 
 def _read_split(directory: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:

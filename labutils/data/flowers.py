@@ -17,6 +17,7 @@ import io
 import os
 import random
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -196,10 +197,8 @@ def load_flowers_tensors(img_size: int = 32, data_dir=None,
     _warn_skipped(skipped, directory)
     if not arrays:
         raise DataNotFoundError(f"flowers: no readable images in {directory}")
-    present = set(labels)
-    if max_images is None and len(present) < len(classes):
-        empty = [c for k, c in enumerate(classes) if k not in present]
-        raise DataNotFoundError(f"flowers: no readable images for {empty} in {directory}")
+    _check_every_class(classes, set(labels), per_class, skipped, directory, img_size,
+                       max_images)
     order = sorted(range(len(labels)), key=lambda i: (labels[i], paths[i]))  # class order
     images = torch.from_numpy(np.stack([arrays[i] for i in order])).permute(0, 3, 1, 2)
     images = images.float().div_(127.5).sub_(1).clamp_(-1, 1)
@@ -209,6 +208,39 @@ def load_flowers_tensors(img_size: int = 32, data_dir=None,
         dataset.images = dataset.images.to(device)
         dataset.labels = dataset.labels.to(device)
     return dataset
+
+
+def _check_every_class(classes, present, per_class, skipped, directory, img_size,
+                       max_images) -> None:
+    """A class never silently drops out of the data set.
+
+    A class whose image files are all unreadable is an error, under every profile; a class
+    that only a small ``max_images`` subset leaves out is announced loudly.
+    """
+    absent = [k for k in range(len(classes)) if k not in present]
+    if not absent:
+        return
+    unreadable = {p for p, _ in skipped}
+
+    def readable(path):
+        try:
+            _decode(path, img_size)
+            return True
+        except _UNREADABLE:
+            return False
+
+    dead = [classes[k] for k in absent
+            if not any(readable(p) for p, _ in per_class[k] if p not in unreadable)]
+    if dead:
+        raise DataNotFoundError(f"flowers: no readable images for {dead} in {directory} "
+                                "(every file of that class failed to decode); fix or remove "
+                                "those files, the class would be missing from training")
+    left_out = [classes[k] for k in absent]
+    message = (f"*** flowers: the {max_images}-image subset holds no image of {left_out} "
+               f"(their first files were unreadable or the subset is smaller than the "
+               f"{len(classes)} classes): the model will not learn them. ***")
+    print(message, file=sys.stderr, flush=True)
+    warnings.warn(message, stacklevel=3)
 
 
 def flowers_augment(img_size: int = 32, padding: int = 0):
@@ -269,9 +301,19 @@ def make_flowers_fixture(dest, classes: Sequence[str] = FLOWER_CLASSES, per_clas
     return dest
 
 
+def fixture_root() -> Path:
+    """Where the ci fixture is built: under the project's ``data/`` (never a shared temp folder,
+    where another user could plant files), private to this user (mode 0700)."""
+    return _PROJECT_ROOT / "data" / "flowers-fixture-v1"
+
+
 def _announce_fixture(classes: Sequence[str], err: Exception) -> Path:
-    root = Path(tempfile.gettempdir()) / "labutils-flowers-fixture-v1"
-    root.mkdir(exist_ok=True)
+    root = fixture_root()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = root.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise DataNotFoundError(f"flowers: the fixture folder {root} is not owned by you or is "
+                                "writable by others; remove it and run again")
     dest = root / "-".join(classes)
     if not dest.is_dir():
         try:

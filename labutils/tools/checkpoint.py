@@ -108,6 +108,9 @@ def load_checkpoint(path, map_location="cpu") -> Dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: unreadable: an empty file (0 bytes; a crash or a full "
+                              "disk while it was written?)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -118,8 +121,10 @@ def load_checkpoint(path, map_location="cpu") -> Dict:
             f"{path}: refused to load: it holds objects other than tensors and plain containers, "
             f"and labutils only loads checkpoints with weights_only=True ({first})") from None
     except Exception as err:  # truncated zip, not a torch file, I/O error...
+        lines = str(err).strip().splitlines()  # some exceptions carry no text at all
         raise CheckpointError(f"{path}: unreadable (truncated or corrupt?): "
-                              f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
+                              f"{type(err).__name__}" + (f": {lines[0]}" if lines else "")
+                              ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or "model" not in obj:
         raise CheckpointError(f"{path}: not a labutils checkpoint (format {FORMAT} with a model)")
     return obj
@@ -128,12 +133,42 @@ def load_checkpoint(path, map_location="cpu") -> Dict:
 # --- a run folder's checkpoints -------------------------------------------------------------
 
 class CheckpointDir:
-    """The checkpoints of one run: ``<dir>/ckpt-step<step>.pt``, newest ``keep`` kept."""
+    """The checkpoints of one run: ``<dir>/ckpt-step<step>.pt``, newest ``keep`` kept.
+
+    Only *readable* checkpoints count toward ``keep``: clean-up never deletes the newest
+    readable one, and leaves unreadable files alone (reported when resuming, never counted).
+    """
 
     def __init__(self, directory, keep: int = 3):
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory, self.keep = Path(directory), keep
+        self._verdicts: Dict[Tuple[str, int, int], bool] = {}  # (path, size, mtime) -> loads
+
+    def _key(self, path: Path) -> Optional[Tuple[str, int, int]]:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (str(path), st.st_size, st.st_mtime_ns)
+
+    def _remember(self, path: Path, readable: bool) -> None:
+        key = self._key(path)
+        if key is not None:
+            self._verdicts[key] = readable
+
+    def readable(self, path: Path) -> bool:
+        """Whether ``path`` loads (each file version is loaded at most once per process)."""
+        key = self._key(path)
+        if key is None:
+            return False
+        if key not in self._verdicts:
+            try:
+                load_checkpoint(path)
+                self._verdicts[key] = True
+            except CheckpointError:
+                self._verdicts[key] = False
+        return self._verdicts[key]
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"ckpt-step{step:08d}.pt"
@@ -151,7 +186,11 @@ class CheckpointDir:
 
     def save(self, state: Dict, step: int) -> Path:
         path = save_atomic(state, self.path_for(step))
-        for _, old in self.list()[:-self.keep]:
+        self._remember(path, True)
+        # Keep the newest ``keep`` readable checkpoints, the one just written always among them.
+        readable = [p for _, p in self.list() if p == path or self.readable(p)]
+        others = [p for p in readable if p != path]
+        for old in others[:max(0, len(others) - (self.keep - 1))]:
             with contextlib.suppress(OSError):
                 old.unlink()
         return path
@@ -166,8 +205,11 @@ class CheckpointDir:
         problems = []
         for _, path in reversed(self.list()):
             try:
-                return path, load_checkpoint(path)
+                state = load_checkpoint(path)
+                self._remember(path, True)
+                return path, state
             except CheckpointError as err:
+                self._remember(path, False)
                 problems.append(str(err))
                 if report is not None:
                     report(f"skipping {err}")

@@ -1,18 +1,23 @@
 """The ``labutils`` command (also ``python -m labutils``).
 
-Subcommands: ``run-labs`` (execute the notebooks), ``train`` (one lab as a batch job, with
+Subcommands: ``run-labs`` (execute the notebooks), ``lab`` (JupyterLab on 127.0.0.1 with
+a token, and the SSH tunnel command to reach it), ``train`` (one lab as a batch job, with
 checkpoints, resume and torchrun multi-GPU), ``sample`` (grids and GIFs from a checkpoint),
 ``doctor`` (what this machine has, what to install) and ``prepare`` (stage data and weights
 for offline compute nodes).
 
 Exit codes: 0 done; 1 something failed (``prepare``: a requested item; ``train``: ranks
-disagree); 2 bad arguments or unusable input (message on stderr, no traceback); 3 training
-stopped on a NaN/inf loss (the last good checkpoint is kept); 130 / 143 stopped by SIGINT /
-SIGTERM after saving a checkpoint (``--resume`` continues).
+disagree; a write failed, e.g. a full disk); 2 bad arguments or unusable input (message on
+stderr, no traceback); 3 training stopped on a NaN/inf loss or NaN/inf weights (no checkpoint
+with them is written; the last good one is kept; try a lower ``--lr``); 130 / 143 stopped by
+SIGINT / SIGTERM after saving a checkpoint (``--resume`` continues; a second signal stops at
+once with the same code).
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -20,6 +25,8 @@ from typing import List, Optional
 from ..config import LABS, PROFILES, ConfigError
 
 EXIT_BAD_INPUT = 2
+_BAD_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+                    errno.EEXIST, errno.ENAMETOOLONG}
 
 
 # --- argument types: bad values become argparse errors (usage + message, exit 2) ------------
@@ -36,6 +43,29 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
+def _finite_float(what: str, positive: bool = False, at_most: Optional[float] = None):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number, got {text!r}")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text!r}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"{what} must be at most {at_most:g}, got {text!r}")
+        return value
+    return parse
+
+
+def _prompt(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a prompt is empty: give some text, e.g. "
+                                         "--prompts \"A red rose bud\"")
+    return text
+
+
 # --- sample -------------------------------------------------------------------------------------
 
 def _cmd_train(args) -> int:
@@ -44,12 +74,18 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from ..config import LabSettings, get_device, seeded
-    from ..labs import Lab
-    from ..plotting import make_grid, save_animation, trajectory_frames
+    from ..config import LabSettings, get_device
     from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint
-    from .files import grid_scale, save_png
+    from .files import check_writable, grid_scale, image_format, save_png
+    from .train_job import pinned_profile
 
+    # Every output is checked before any work: a bad --gif must not cost the sampled grid.
+    check_writable(args.out, "--out")
+    out_format = image_format(args.out, "--out")
+    if args.gif:
+        if Path(args.gif).suffix.lower() != ".gif":
+            raise ConfigError(f"--gif {args.gif}: the name must end in .gif")
+        check_writable(args.gif, "--gif")
     device = get_device(args.device)
     source = Path(args.checkpoint)
     if source.is_dir():
@@ -62,13 +98,21 @@ def _cmd_sample(args) -> int:
     else:
         path, state = source, load_checkpoint(source)
     settings = LabSettings(**state["settings"])
+    with pinned_profile(settings.profile):  # the checkpoint's profile, for every loader
+        return _sample_from(args, settings, path, state, device, out_format)
+
+
+def _sample_from(args, settings, path, state, device, out_format) -> int:
+    from ..config import seeded
+    from ..labs import Lab
+    from ..plotting import make_grid, save_animation, trajectory_frames
+    from .files import grid_scale, save_png
+
     lab = Lab(settings, device, clip_model=args.clip_model)
     spec = lab.spec
     if args.gif and spec.picture == "denoise":
         raise ConfigError(f"lab {settings.lab} has no sampling trajectory to animate (drop --gif)")
-    model = lab.build_model()
-    model.load_state_dict(state["model"])
-    if spec.conditioning == "clip-text":
+    if spec.conditioning == "clip-text":  # CLIP and prompts first: no model is built in vain
         lab.encoder()
         trained_with, now = state.get("clip"), lab.clip_info()
         if trained_with and trained_with["fingerprint"] != now["fingerprint"]:
@@ -76,11 +120,16 @@ def _cmd_sample(args) -> int:
                 f"this model was trained with CLIP {trained_with['model_id']} (weights sha256 "
                 f"{trained_with['fingerprint'][:12]}), but {now['model_id']} (sha256 "
                 f"{now['fingerprint'][:12]}) was loaded: pass --clip-model with the same weights")
+        if args.prompts:
+            _check_prompt_lengths(args.prompts, lab.encoder())
+    model = lab.build_model()
+    model.load_state_dict(state["model"])
     with seeded(args.seed, device):
         samples = lab.sample(model, classes=args.classes, prompts=args.prompts,
                              weights=args.w, steps=args.steps, n=args.n)
     scale = grid_scale(settings.img_size)
-    out = save_png(make_grid(samples.images, samples.ncols, scale=scale), Path(args.out))
+    out = save_png(make_grid(samples.images, samples.ncols, scale=scale), Path(args.out),
+                   format=out_format)
     print(f"{settings.lab} (checkpoint {path}, step {state['step']}): "
           f"{len(samples.images)} images -> {out}")
     if samples.row_labels:
@@ -92,6 +141,17 @@ def _cmd_sample(args) -> int:
                              args.gif)
         print(f"animation: {gif}")
     return 0
+
+
+def _check_prompt_lengths(prompts, encoder) -> None:
+    """The command line has no way to cut a prompt: a too-long one is an error saying so."""
+    from ..clip.encoder import _n_tokens
+    limit = encoder.context_length
+    for i, prompt in enumerate(prompts, 1):
+        n = _n_tokens(prompt)
+        if n > limit:
+            raise ConfigError(f"--prompts: prompt {i} is {n} tokens, longer than CLIP's "
+                              f"{limit}-token context ({prompt[:40]!r}...): shorten it")
 
 
 # --- doctor, prepare, run-labs ------------------------------------------------------------------
@@ -113,17 +173,27 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_run_labs(args) -> int:
-    from .runner import NOTEBOOK_DIR, run_notebooks
-    out = run_notebooks(args.out, args.profile, args.labs,
-                        Path(args.notebooks) if args.notebooks else NOTEBOOK_DIR)
-    print(f"Executed notebooks and figures: {out}/")
+    from .runner import NOTEBOOK_DIR, NotebooksFailed, run_notebooks
+    try:
+        run_notebooks(args.out, args.profile, args.labs,
+                      Path(args.notebooks) if args.notebooks else NOTEBOOK_DIR)
+    except NotebooksFailed as err:
+        print(f"labutils run-labs: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _cmd_lab(args) -> int:
+    from .jupyter import run_lab
+    return run_lab(ip=args.ip, port=args.port, root=args.notebooks, login=args.login,
+                   log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labutils", description="Diffusion-model labs: run the notebooks, train, sample.",
-        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 NaN/inf loss, 130/143 stopped by "
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 NaN/inf loss or weights, 130/143 "
+               "stopped by "
                "SIGINT/SIGTERM after a checkpoint (continue with --resume).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -134,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labs", nargs="*", help="only these notebooks, by number prefix (01 02 ...)")
     p.add_argument("--notebooks", help="the notebook folder (default: the checkout's notebooks/)")
     p.set_defaults(func=_cmd_run_labs)
+
+    p = sub.add_parser(
+        "lab", help="JupyterLab on 127.0.0.1 with a fresh token; prints the SSH tunnel command",
+        description="Start JupyterLab on 127.0.0.1, a free port and a fresh token, serving the "
+                    "notebooks; print the URL, the SSH tunnel command for this node and the "
+                    "line to paste in the browser. Ctrl-C or SIGTERM stops it (exit 0).")
+    p.add_argument("--ip", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; anything else is reachable "
+                        "from the network: a warning is printed)")
+    p.add_argument("--port", type=_int_at_least(1, "--port"),
+                   help="port (default: a free one)")
+    p.add_argument("--notebooks", type=Path,
+                   help="folder to serve (default: the checkout's notebooks/)")
+    p.add_argument("--login", help="login host for the tunnel's -J (default: LABUTILS_LOGIN_HOST, "
+                                   "else SLURM_SUBMIT_HOST when it is another host)")
+    p.add_argument("--log-level", default="WARN",
+                   choices=("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"),
+                   help="Jupyter's log level (default WARN)")
+    p.set_defaults(func=_cmd_lab)
 
     p = sub.add_parser(
         "train", help="train one lab with checkpoints (torchrun for several GPUs)",
@@ -160,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs between sample grids, 0: none (default: the profile's "
                         "sample_every; the last epoch always draws one unless 0)")
     p.add_argument("--keep", type=_int_at_least(1, "--keep"), default=3,
-                   help="checkpoints kept (default 3)")
+                   help="readable checkpoints kept (default 3)")
+    # Adam's first step is lr / (1 - 0.9): beyond 1e37 it does not fit a float32 weight.
+    p.add_argument("--lr", type=_finite_float("--lr", positive=True, at_most=1e37),
+                   help="learning rate (default: the profile's; on --resume the checkpoint's, "
+                        "or this one: how a run stopped by NaN/inf continues)")
     p.add_argument("--data-dir", help="data folder (default: the data modules' search order)")
     p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file "
                                         "(default LABUTILS_CLIP_MODEL, else ViT-B/32)")
@@ -170,13 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a grid (and GIF) from a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint)")
     p.add_argument("--classes", nargs="+", help="class names or indices (class-guided labs)")
-    p.add_argument("--prompts", nargs="+", help="text prompts (flowers-clip)")
-    p.add_argument("--w", type=float, nargs="+", help="guidance weights (default -2 ... 2)")
+    p.add_argument("--prompts", nargs="+", type=_prompt,
+                   help="text prompts (flowers-clip), at most 77 CLIP tokens each")
+    p.add_argument("--w", type=_finite_float("--w"), nargs="+",
+                   help="guidance weights (default -2 ... 2)")
     p.add_argument("--steps", type=_int_at_least(1, "--steps"),
                    help="reverse steps (default: the profile's sample_steps, else T)")
     p.add_argument("--n", type=_int_at_least(1, "--n"), default=16,
                    help="images for unguided labs (default 16)")
-    p.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
+    p.add_argument("--out", default="samples.png",
+                   help="the grid: .png or .jpg (default samples.png)")
     p.add_argument("--gif", help="also write the denoising trajectory as a GIF")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
@@ -216,6 +312,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         # CheckpointError, DataNotFoundError and bad settings land here: a message, no traceback.
         print(f"labutils {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print(f"labutils {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)   # train's StopNow: 128 + the signal's number
+    except OSError as err:
+        # A folder that cannot be written, a full disk...: one line, no traceback. Unusable
+        # paths are bad input (2); anything else failed (1).
+        print(f"labutils {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT if err.errno in _BAD_PATH_ERRNOS else 1

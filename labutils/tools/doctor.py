@@ -100,8 +100,10 @@ def _data_checks(data_dir: Optional[str]) -> List[Tuple[str, bool, str]]:
     """(item, present, detail) for Fashion-MNIST, the flower photos and the CLIP weights."""
     rows = []
     try:
-        from ..data import find_fashion_mnist
-        rows.append(("Fashion-MNIST", True, str(find_fashion_mnist(data_dir, download=False))))
+        from ..data.fashion_mnist import find_fashion_mnist, verify_fashion_mnist
+        # Read, not just listed: a truncated .gz is not "present".
+        rows.append(("Fashion-MNIST", True, str(verify_fashion_mnist(
+            find_fashion_mnist(data_dir, download=False)))))
     except Exception as err:
         rows.append(("Fashion-MNIST", False, str(err).splitlines()[0]))
     try:

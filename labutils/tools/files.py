@@ -2,31 +2,79 @@
 the old file or the new one, never half of one) with the user's umask."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
+from ..config import ConfigError
 from .checkpoint import umask_mode
+
+# What ``labutils sample --out`` may write, by suffix (the bytes always match the name).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def check_writable(path, what: str, folder: bool = False) -> Path:
+    """Refuse (:class:`ConfigError`, a one-line message) an output that cannot be written.
+
+    ``folder``: ``path`` is a folder to create or fill; else a file to create or replace. Checked
+    before any work, so a long run or a sampled grid is not lost to a bad ``--out``. Nothing
+    is created here.
+    """
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} exists and is not a folder; choose another {what}")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name")
+    start = path if folder else path.parent
+    ancestor = next((p for p in (start, *start.absolute().parents) if p.exists()), Path("/"))
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write in {ancestor} (read-only file system or "
+                          "no permission); choose another " + what)
+    return path
+
+
+def image_format(path, what: str = "--out") -> str:
+    """The Pillow format for ``path``'s suffix; :class:`ConfigError` for a suffix we do not write."""
+    fmt = IMAGE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{what} {path}: the name must end in "
+                          f"{', '.join(IMAGE_FORMATS)} (the file format follows the name)")
+    return fmt
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, umask_mode())
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, umask_mode())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-def save_png(image, path: Path) -> Path:
+def save_png(image, path: Path, format: str = "PNG") -> Path:
+    """Write ``image`` atomically in ``format`` (see :func:`image_format`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, umask_mode())
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, umask_mode())
+        (image.convert("RGB") if format == "JPEG" and image.mode not in ("RGB", "L")
+         else image).save(tmp, format=format)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

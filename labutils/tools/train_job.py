@@ -11,8 +11,11 @@ rank, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import shlex
 import signal
 import sys
 import time
@@ -29,9 +32,55 @@ from ..plotting import make_grid
 from ..training import NonFiniteLossError, train
 from . import distributed
 from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint, rng_state, set_rng_state
-from .files import grid_scale, save_png, write_text_atomic
+from .files import check_writable, grid_scale, save_png, write_text_atomic
 
 EXIT_NONFINITE = 3
+FINITE_CHECK_EVERY = 50   # steps between checks of the weights for NaN/inf (and at every save)
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """A parameter or buffer holds NaN/inf; nothing with it was written."""
+
+
+def nonfinite_names(model: torch.nn.Module, optimizer=None) -> list:
+    """Names of the floating-point parameters, buffers (and optimiser state) holding NaN/inf.
+
+    One device sync for the whole model: cheap enough for every checkpoint and every
+    :data:`FINITE_CHECK_EVERY` steps.
+    """
+    named = [(k, t) for k, t in model.state_dict().items() if t.is_floating_point()]
+    if optimizer is not None:
+        named += [(f"optimizer state {k}", t) for group in optimizer.state.values()
+                  for k, t in group.items()
+                  if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not named:
+        return []
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if bool(ok.all()):
+        return []
+    return [named[i][0] for i in (~ok).nonzero().flatten().tolist()]
+
+
+@contextlib.contextmanager
+def pinned_profile(profile: Optional[str]):
+    """Within the block, ``LABUTILS_PROFILE`` is ``profile`` (None: left as it is, for the
+    block to set), and as it was before afterwards.
+
+    One answer to "which profile": the data loaders and the stand-in CLIP ask
+    ``config.get_profile()``, which reads ``LABUTILS_PROFILE``; the command's ``--profile`` (or
+    the checkpoint's) must win there too, else ``--profile ci`` and ``LABUTILS_PROFILE=ci``
+    would differ.
+    """
+    before = os.environ.get("LABUTILS_PROFILE")
+    if profile is not None:
+        os.environ["LABUTILS_PROFILE"] = profile
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LABUTILS_PROFILE", None)
+        else:
+            os.environ["LABUTILS_PROFILE"] = before
 
 
 def say(ctx, *parts, **kw) -> None:
@@ -41,6 +90,14 @@ def say(ctx, *parts, **kw) -> None:
 
 
 # --- stop on SIGTERM / SIGINT ----------------------------------------------------------------
+
+class StopNow(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT: stop at once; ``exit_code`` is 128 + that signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.exit_code = signum, 128 + signum
+
 
 class StopRequest:
     """Remembers the first SIGTERM/SIGINT; the loop stops after its current step and saves.
@@ -63,7 +120,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.signum = signum
         print(f"\nlabutils: {signal.Signals(signum).name} received: saving a checkpoint and "
               "stopping after this step (send it again to stop at once)", file=sys.stderr,
@@ -110,7 +167,8 @@ def resume_state(args, ckpts: CheckpointDir, ctx):
 
 def run_settings(args, state, out: Path) -> LabSettings:
     """The profile's settings (a new run) or the checkpoint's (a resumed one), with the
-    command's ``--epochs`` / ``--batch-size``; anything that would break exact resume is refused."""
+    command's ``--epochs`` / ``--batch-size`` / ``--lr``; anything that would break exact resume
+    is refused. (A new ``--lr`` on resume is allowed: it is how a diverged run continues.)"""
     if state is None:
         settings = lab_settings(args.lab, args.profile)
     else:
@@ -130,6 +188,8 @@ def run_settings(args, state, out: Path) -> LabSettings:
                               f"{settings.batch_size}; resuming with {args.batch_size} would "
                               "change the schedule (drop --batch-size or use a new --out)")
         changes["batch_size"] = args.batch_size
+    if getattr(args, "lr", None) is not None:
+        changes["lr"] = args.lr
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
@@ -163,6 +223,7 @@ class TrainJob:
     def __init__(self, args, ctx):
         self.args, self.ctx = args, ctx
         self.out = Path(args.out) if args.out else Path("runs") / f"train-{args.lab}"
+        check_writable(self.out, "--out", folder=True)  # before any work that could be lost
         self.ckpts = CheckpointDir(self.out / "checkpoints", keep=args.keep)
         if ctx.is_main:
             self.ckpts.clean_temporaries()
@@ -170,6 +231,7 @@ class TrainJob:
         self.state = state
         self.settings = run_settings(args, state, self.out)
         self.seed = run_seed(args, state, self.out)
+        os.environ["LABUTILS_PROFILE"] = self.settings.profile  # see pinned_profile
 
         seed_everything(self.seed)          # the same initial weights on every rank
         self.lab = Lab(self.settings, ctx.device, self.seed, clip_model=args.clip_model,
@@ -177,6 +239,8 @@ class TrainJob:
         self.model = self.lab.build_model()
         self.optimizer = self.lab.optimizer(self.model)
         self.data = self._dataset()
+        if state is not None:
+            self._check_clip(state)
         self.loader = BatchLoader(self.data, self.settings.batch_size, augment=self.lab.augment(),
                                   device=ctx.device, max_batches=self.settings.steps_per_epoch,
                                   rank=ctx.rank, world_size=ctx.world_size, seed=self.seed)
@@ -184,14 +248,45 @@ class TrainJob:
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # --lr (or the settings') wins
+                group["lr"] = self.settings.lr
             self.start_step = int(state["step"])
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.settings.epochs * self.steps_per_epoch
+        if self.start_step > self.total_steps:
+            raise ConfigError(f"the checkpoint {self.resumed_from} is at step {self.start_step}, "
+                              f"past the end of {self.settings.epochs} epoch(s) "
+                              f"({self.total_steps} steps): give a larger --epochs, or drop it")
         self.sample_every = (self.settings.sample_every if args.sample_every is None
                              else args.sample_every)
         self.saved = {"step": None, "path": self.resumed_from}
         self.log_file = None
         self.t0 = time.time()
+
+    def _check_clip(self, state) -> None:
+        """A resumed clip-text run must use the CLIP it was trained with (one embedding space)."""
+        trained_with, now = state.get("clip"), self.lab.clip_info()
+        if self.lab.spec.conditioning != "clip-text" or not trained_with or now is None:
+            return
+        if trained_with["fingerprint"] != now["fingerprint"]:
+            raise ConfigError(
+                f"the checkpoints in {self.out} were trained with CLIP {trained_with['model_id']} "
+                f"(weights sha256 {trained_with['fingerprint'][:12]}), but {now['model_id']} "
+                f"(sha256 {now['fingerprint'][:12]}) was loaded: resume with --clip-model naming "
+                "the same weights, or use a new --out")
+
+    def continue_command(self) -> str:
+        """The command that continues this run, with every option that must stay the same."""
+        a = self.args
+        parts = ["labutils", "train", self.settings.lab, "--out", str(self.out), "--resume"]
+        for flag, value, default in (("--clip-model", a.clip_model, None),
+                                     ("--data-dir", a.data_dir, None),
+                                     ("--sample-every", a.sample_every, None),
+                                     ("--checkpoint-every", a.checkpoint_every, 500),
+                                     ("--keep", a.keep, 3), ("--device", a.device, None)):
+            if value is not None and value != default:
+                parts += [flag, str(value)]
+        return " ".join(shlex.quote(p) for p in parts)
 
     def _dataset(self):
         # Rank 0 first: it may write caches (CLIP embeddings, a stand-in CLIP) the others read.
@@ -215,8 +310,20 @@ class TrainJob:
             say(ctx, f"resuming from {self.resumed_from} (step {self.start_step} of "
                      f"{self.total_steps})")
 
+    def check_finite(self, step: int, when: str) -> None:
+        """:class:`NonFiniteWeightsError` when any rank's weights hold NaN/inf (a collective)."""
+        bad = nonfinite_names(self.model, self.optimizer)
+        if self.ctx.any(bool(bad)):
+            where = (f"{', '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3
+                                                else "")) if bad else "another rank's weights"
+            raise NonFiniteWeightsError(f"NaN/inf in {where} at step {step} ({when}): the run "
+                                        "diverged")
+
     def save(self, step: int) -> None:
-        """A checkpoint at ``step`` (a collective: every rank calls it; rank 0 writes)."""
+        """A checkpoint at ``step`` (a collective: every rank calls it; rank 0 writes).
+
+        Never writes weights holding NaN/inf: :meth:`check_finite` stops the run first."""
+        self.check_finite(step, "before writing a checkpoint")
         rngs = self.ctx.gather(rng_state())
         if not self.ctx.is_main or self.saved["step"] == step:
             return
@@ -253,6 +360,8 @@ class TrainJob:
             self.log_file.flush()
         if self.args.checkpoint_every and step % self.args.checkpoint_every == 0:
             self.save(step)
+        elif step % FINITE_CHECK_EVERY == 0:
+            self.check_finite(step, "periodic check")
 
     def on_epoch_end(self, epoch: int, step: int) -> None:
         self.save(step)
@@ -263,8 +372,9 @@ class TrainJob:
     # --- the run ---------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Train to the end (0), or stop on a signal after a checkpoint (130/143), or on a
-        non-finite loss without touching the last good checkpoint (3)."""
+        """Train to the end (0), or stop on a signal after a checkpoint (130/143; a second
+        signal stops at once, same codes), or on a NaN/inf loss or weights without touching the
+        last good checkpoint (3)."""
         self.write_header()
         ctx, s = self.ctx, self.settings
         ddp_model = distributed.wrap_model(self.model, ctx, self.lab.spec.find_unused_parameters)
@@ -282,16 +392,22 @@ class TrainJob:
                                    progress=ctx.is_main and not self.args.quiet, desc=s.lab,
                                    on_step=self.on_step, on_epoch_end=self.on_epoch_end,
                                    should_stop=lambda: ctx.any(stop.signum is not None))
-                except NonFiniteLossError as err:
-                    print(f"labutils train: error: {err}\nLast good checkpoint: "
-                          f"{self.saved['path'] or 'none yet'} (not overwritten)", file=sys.stderr)
+                except (NonFiniteLossError, NonFiniteWeightsError) as err:
+                    say(ctx, f"labutils train: error: {str(err).splitlines()[0]}\n"
+                             f"Last good checkpoint: {self.saved['path'] or 'none yet'} (not "
+                             f"overwritten). Try a lower learning rate (now {s.lr:g}): "
+                             f"{self.continue_command()} --lr {s.lr / 10:g}", file=sys.stderr)
                     return EXIT_NONFINITE
                 if result.stopped_early:
                     self.save(result.step)
                     say(ctx, f"stopped at step {result.step} of {self.total_steps}; checkpoint "
-                             f"{self.saved['path']}. Continue with: labutils train {s.lab} "
-                             f"--out {self.out} --resume")
+                             f"{self.saved['path']}. Continue with: {self.continue_command()}")
                     return stop.exit_code or 0
+        except StopNow as err:
+            say(ctx, f"labutils train: {err} again: stopped at once; last checkpoint: "
+                     f"{self.saved['path'] or 'none yet'}. Continue with: "
+                     f"{self.continue_command()}", file=sys.stderr)
+            return err.exit_code
         finally:
             if self.log_file is not None:
                 self.log_file.close()
@@ -330,6 +446,7 @@ def run_train(args) -> int:
     """The ``train`` command: set up the process group (torchrun) around one :class:`TrainJob`."""
     ctx = distributed.init(args.device)
     try:
-        return TrainJob(args, ctx).run()
+        with pinned_profile(None):  # TrainJob pins the run's profile; restored afterwards
+            return TrainJob(args, ctx).run()
     finally:
         distributed.shutdown(ctx)
