@@ -42,16 +42,18 @@ class DataSource:
     """Where a lab's images come from and how each batch is augmented."""
 
     classes: Tuple[str, ...]
-    load: Callable[..., TensorImageDataset]   # (img_size, data_dir, max_images, seed)
+    load: Callable[..., TensorImageDataset]   # (img_size, data_dir, max_images, seed, profile)
     augment: Callable[[int], AugmentFn]       # img_size -> per-batch augmentation
 
 
-def _fashion_mnist(img_size, data_dir, max_images, seed):
+def _fashion_mnist(img_size, data_dir, max_images, seed, profile):
     return load_fashion_mnist_tensors(img_size, data_dir).subset(max_images, seed)
 
 
-def _flowers(img_size, data_dir, max_images, seed):
-    return load_flowers_tensors(img_size, data_dir, max_images=max_images)
+def _flowers(img_size, data_dir, max_images, seed, profile):
+    # Only the ci profile may fall back to the generated fixture when no photos exist.
+    return load_flowers_tensors(img_size, data_dir, max_images=max_images,
+                                allow_fixture=profile == "ci")
 
 
 DATA: Dict[str, DataSource] = {
@@ -253,8 +255,10 @@ class Lab:
         if self.spec.conditioning == "clip-text":
             from .clip import load_flowers_with_clip
             return load_flowers_with_clip(self.encoder(), img_size=s.img_size,
-                                          data_dir=self.data_dir, max_images=s.max_images)
-        return DATA[self.spec.data].load(s.img_size, self.data_dir, s.max_images, self.seed)
+                                          data_dir=self.data_dir, max_images=s.max_images,
+                                          allow_fixture=s.profile == "ci")
+        return DATA[self.spec.data].load(s.img_size, self.data_dir, s.max_images, self.seed,
+                                         s.profile)
 
     def augment(self) -> AugmentFn:
         return DATA[self.spec.data].augment(self.settings.img_size)
@@ -291,6 +295,16 @@ class Lab:
             return None
         return {"model_id": str(self._encoder.model_id),
                 "fingerprint": str(self._encoder.fingerprint)}
+
+    def check_clip(self, trained_with: Optional[dict], advice: str) -> None:
+        """Refuse a CLIP other than the one a checkpoint's model was trained with (``trained_with``
+        is the checkpoint's ``clip`` entry; None: nothing recorded, nothing to check)."""
+        now = self.clip_info() or (self.encoder() and self.clip_info())
+        if trained_with and trained_with["fingerprint"] != now["fingerprint"]:
+            raise ConfigError(
+                f"this model was trained with CLIP {trained_with['model_id']} (weights sha256 "
+                f"{trained_with['fingerprint'][:12]}), but {now['model_id']} (sha256 "
+                f"{now['fingerprint'][:12]}) was loaded: {advice}")
 
     # --- what the lab draws ----------------------------------------------------------------------
 

@@ -413,7 +413,7 @@ RESUMED = ["run/checkpoints/ckpt-step00000004.pt", "run/loss.jsonl", "run/settin
 FAULTS = [
     # 1. CLIP of a resumed flowers-clip run
     Fault("1 resume flowers-clip with another --clip-model", resume_with_other_clip, 2,
-          "were trained with CLIP ViT-B/32", may_change=["clip-cache"]),
+          "was trained with CLIP ViT-B/32", may_change=["clip-cache"]),
     # 2. a 0-byte newest checkpoint
     Fault("2 0-byte newest checkpoint: sample falls back", zero_byte_newest_sample, 0,
           "empty file (0 bytes", may_change=["s.png"]),

@@ -77,7 +77,6 @@ def _cmd_sample(args) -> int:
     from ..config import LabSettings, get_device
     from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint
     from .files import check_writable, grid_scale, image_format, save_png
-    from .train_job import pinned_profile
 
     # Every output is checked before any work: a bad --gif must not cost the sampled grid.
     check_writable(args.out, "--out")
@@ -98,8 +97,7 @@ def _cmd_sample(args) -> int:
     else:
         path, state = source, load_checkpoint(source)
     settings = LabSettings(**state["settings"])
-    with pinned_profile(settings.profile):  # the checkpoint's profile, for every loader
-        return _sample_from(args, settings, path, state, device, out_format)
+    return _sample_from(args, settings, path, state, device, out_format)
 
 
 def _sample_from(args, settings, path, state, device, out_format) -> int:
@@ -113,13 +111,7 @@ def _sample_from(args, settings, path, state, device, out_format) -> int:
     if args.gif and spec.picture == "denoise":
         raise ConfigError(f"lab {settings.lab} has no sampling trajectory to animate (drop --gif)")
     if spec.conditioning == "clip-text":  # CLIP and prompts first: no model is built in vain
-        lab.encoder()
-        trained_with, now = state.get("clip"), lab.clip_info()
-        if trained_with and trained_with["fingerprint"] != now["fingerprint"]:
-            raise ConfigError(
-                f"this model was trained with CLIP {trained_with['model_id']} (weights sha256 "
-                f"{trained_with['fingerprint'][:12]}), but {now['model_id']} (sha256 "
-                f"{now['fingerprint'][:12]}) was loaded: pass --clip-model with the same weights")
+        lab.check_clip(state.get("clip"), "pass --clip-model with the same weights")
         if args.prompts:
             _check_prompt_lengths(args.prompts, lab.encoder())
     model = lab.build_model()

@@ -11,10 +11,8 @@ rank, and only rank 0 writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import shlex
 import signal
 import sys
@@ -59,28 +57,6 @@ def nonfinite_names(model: torch.nn.Module, optimizer=None) -> list:
     if bool(ok.all()):
         return []
     return [named[i][0] for i in (~ok).nonzero().flatten().tolist()]
-
-
-@contextlib.contextmanager
-def pinned_profile(profile: Optional[str]):
-    """Within the block, ``LABUTILS_PROFILE`` is ``profile`` (None: left as it is, for the
-    block to set), and as it was before afterwards.
-
-    One answer to "which profile": the data loaders and the stand-in CLIP ask
-    ``config.get_profile()``, which reads ``LABUTILS_PROFILE``; the command's ``--profile`` (or
-    the checkpoint's) must win there too, else ``--profile ci`` and ``LABUTILS_PROFILE=ci``
-    would differ.
-    """
-    before = os.environ.get("LABUTILS_PROFILE")
-    if profile is not None:
-        os.environ["LABUTILS_PROFILE"] = profile
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("LABUTILS_PROFILE", None)
-        else:
-            os.environ["LABUTILS_PROFILE"] = before
 
 
 def say(ctx, *parts, **kw) -> None:
@@ -231,7 +207,6 @@ class TrainJob:
         self.state = state
         self.settings = run_settings(args, state, self.out)
         self.seed = run_seed(args, state, self.out)
-        os.environ["LABUTILS_PROFILE"] = self.settings.profile  # see pinned_profile
 
         seed_everything(self.seed)          # the same initial weights on every rank
         self.lab = Lab(self.settings, ctx.device, self.seed, clip_model=args.clip_model,
@@ -239,8 +214,10 @@ class TrainJob:
         self.model = self.lab.build_model()
         self.optimizer = self.lab.optimizer(self.model)
         self.data = self._dataset()
-        if state is not None:
-            self._check_clip(state)
+        if state is not None and self.lab.spec.conditioning == "clip-text":
+            # One embedding space per model: resume with the CLIP it was trained with.
+            self.lab.check_clip(state.get("clip"), "resume with --clip-model naming the same "
+                                                   "weights, or use a new --out")
         self.loader = BatchLoader(self.data, self.settings.batch_size, augment=self.lab.augment(),
                                   device=ctx.device, max_batches=self.settings.steps_per_epoch,
                                   rank=ctx.rank, world_size=ctx.world_size, seed=self.seed)
@@ -262,18 +239,6 @@ class TrainJob:
         self.saved = {"step": None, "path": self.resumed_from}
         self.log_file = None
         self.t0 = time.time()
-
-    def _check_clip(self, state) -> None:
-        """A resumed clip-text run must use the CLIP it was trained with (one embedding space)."""
-        trained_with, now = state.get("clip"), self.lab.clip_info()
-        if self.lab.spec.conditioning != "clip-text" or not trained_with or now is None:
-            return
-        if trained_with["fingerprint"] != now["fingerprint"]:
-            raise ConfigError(
-                f"the checkpoints in {self.out} were trained with CLIP {trained_with['model_id']} "
-                f"(weights sha256 {trained_with['fingerprint'][:12]}), but {now['model_id']} "
-                f"(sha256 {now['fingerprint'][:12]}) was loaded: resume with --clip-model naming "
-                "the same weights, or use a new --out")
 
     def continue_command(self) -> str:
         """The command that continues this run, with every option that must stay the same."""
@@ -446,7 +411,6 @@ def run_train(args) -> int:
     """The ``train`` command: set up the process group (torchrun) around one :class:`TrainJob`."""
     ctx = distributed.init(args.device)
     try:
-        with pinned_profile(None):  # TrainJob pins the run's profile; restored afterwards
-            return TrainJob(args, ctx).run()
+        return TrainJob(args, ctx).run()
     finally:
         distributed.shutdown(ctx)
