@@ -188,14 +188,29 @@ def use_bf16(device: torch.device) -> bool:
     """Whether training on ``device`` runs under bf16 autocast (``LABUTILS_BF16=0/1`` overrides).
 
     On a CPU with AMX a lab-3 step is about 2.5x faster in bf16; without native bf16 it is
-    slower than fp32, so we keep fp32 there.
+    slower than fp32, so we keep fp32 there. On a GPU, bf16 needs compute capability 8.0 or
+    newer (:func:`cuda_supports_bf16`); older GPUs train in fp32.
     """
     forced = os.environ.get("LABUTILS_BF16")
     if forced is not None:
         return forced.strip() not in ("0", "", "false", "no")
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return cuda_supports_bf16(device)
     return device.type == "cpu" and cpu_supports_bf16()
+
+
+# bf16 tensor cores arrive with Ampere (compute capability 8.0: A100, A10G, RTX 30xx, and every
+# newer card). Older cards (V100 7.0, T4 7.5) report ``torch.cuda.is_bf16_supported()`` True
+# because bf16 is *emulated* there, at a fraction of fp32's speed: fp32 is faster on them.
+MIN_BF16_CAPABILITY = (8, 0)
+
+
+def cuda_supports_bf16(device=None) -> bool:
+    """True when the GPU ``device`` has native bf16 (compute capability >= 8.0)."""
+    if not torch.cuda.is_available():
+        return False
+    index = torch.device(device).index if device is not None else None
+    return tuple(torch.cuda.get_device_capability(index)) >= MIN_BF16_CAPABILITY
 
 
 def autocast(device: torch.device, enabled: Optional[bool] = None):

@@ -90,16 +90,18 @@ class DDPM:
     def reverse_q(self, x_t: torch.Tensor, t: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
         """One reverse step from ``x_t`` given the noise estimate ``e_t``.
 
-        All samples of a batch share the step. At ``t == 0`` it returns the mean; otherwise it
-        adds ``sqrt(B[t-1]) * z``.
+        Where ``t == 0`` it returns the mean; otherwise it adds ``sqrt(B[t-1]) * z`` (decided
+        per sample, on the device; ``z`` is drawn for the whole batch either way).
         """
         t = t.reshape(-1).long()
         e_t = e_t.to(x_t.dtype)
         u_t = _per_sample(self.sqrt_a_inv, t, x_t) * (
             x_t - _per_sample(self.pred_noise_coeff, t, x_t) * e_t)
-        if int(t[0]) == 0:
-            return u_t
-        return u_t + torch.sqrt(_per_sample(self.B, t - 1, x_t)) * torch.randn_like(x_t)
+        # No noise at t == 0, decided on the device: reading t back would make the host wait
+        # for the GPU at every reverse step.
+        noisy = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+        sigma = torch.sqrt(_per_sample(self.B, (t - 1).clamp(min=0), x_t)) * noisy
+        return u_t + sigma * torch.randn_like(x_t)
 
     @torch.no_grad()
     def sample(self, model, shape: Sequence[int], *model_args, store_every: int = 0,

@@ -255,7 +255,8 @@ def test_report_page_shows_every_figure(browser, run_dir):
     page = browser.new_page()
     try:
         page.goto((out / "index.html").resolve().as_uri())
-        assert page.locator("table").first.inner_text().count("ok") == 1
+        status = page.locator("tbody tr").first.locator("td").nth(2)
+        assert status.inner_text().strip() == "ok"
         images = page.locator("img")
         sources = [images.nth(i).get_attribute("src") for i in range(images.count())]
         assert sorted(sources) == ["01_tiny/curve.png", "01_tiny/sub/flip.gif"]
@@ -276,7 +277,8 @@ def test_report_page_shows_every_figure(browser, run_dir):
 def test_notebook_runs_in_jupyterlab(lab, page, run_dir, notebook):
     shots = run_dir / "screenshots"
     name = notebook.name
-    page.goto(f"{lab.base_url}/lab/tree/{name}?token={lab.token}")
+    # A workspace of its own: JupyterLab would otherwise reopen the previous test's notebooks.
+    page.goto(f"{lab.base_url}/lab/workspaces/{notebook.stem}/tree/{name}?token={lab.token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     try:
         _run_all(page, RUN_ALL_TIMEOUT_S)
@@ -325,7 +327,8 @@ def _check_explorer(page, prefix: Path, prompt: bool) -> None:
         before = img.screenshot(path=f"{prefix}-explorer{k}-before.png")
 
         if prompt:
-            field = _labelled(page, box, ".widget-text, .widget-combobox", "prompt").locator("input")
+            field = _labelled(page, box, ".widget-text, .widget-combobox", "prompt")
+            field = field.locator("input")
             assert field.count() == 1, "lab 05's explorer has no text field labelled 'prompt'"
             field.fill("a bright yellow sunflower")
             field.press("Tab")
@@ -343,8 +346,12 @@ def _check_explorer(page, prefix: Path, prompt: bool) -> None:
         _wait(lambda: w_handle.get_attribute("aria-valuetext") != w_before, 30,
               "the w slider to move")
 
+        chosen = "a bright yellow sunflower" if prompt else options[-1]
         button.click()
         _changed_picture(img, before, SAMPLE_TIMEOUT_S, "a new picture after Sample")
         _wait(lambda: button.is_enabled(), SAMPLE_TIMEOUT_S, "Sample to finish")
+        caption = box.locator("div.widget-label").last   # the explorer's status line
+        _wait(lambda: chosen in caption.inner_text(), 30,
+              f"the caption to name {chosen!r} (it reads {caption.inner_text()!r})")
         img.screenshot(path=f"{prefix}-explorer{k}-after.png")
         box.screenshot(path=f"{prefix}-explorer{k}.png")

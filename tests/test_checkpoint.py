@@ -113,13 +113,19 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     assert not (run / "summary.json").exists()
 
 
-def _train_args(run, epochs):
+def _train_args(run, epochs, device="cpu"):
+    # Pinned to the CPU: bitwise-equal weights need deterministic kernels and fp32 (on a GPU
+    # node the default device would be CUDA, with bf16 and cuDNN's choice of kernels);
+    # tests/test_gpu_ready.py has the GPU variant, which compares steps and losses instead.
     return ["train", "fmnist-ddpm", "--profile", "ci", "--out", str(run), "--epochs", str(epochs),
-            "--batch-size", "16", "--checkpoint-every", "0", "--sample-every", "0", "--quiet"]
+            "--batch-size", "16", "--checkpoint-every", "0", "--sample-every", "0", "--quiet",
+            "--device", device]
 
 
 def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
-    epochs = 4  # 4 steps an epoch under ci: long enough that SIGTERM lands mid-run
+    # 4 steps an epoch under ci; 25 epochs (100 steps, a few seconds) so that SIGTERM, sent as
+    # soon as the first step is logged, always lands mid-run.
+    epochs = 25
     env = dict(os.environ, LABUTILS_PROFILE="ci", TQDM_DISABLE="1")
     run = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "labutils", *_train_args(run, epochs)],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from labutils import lab_settings, seed_everything
 from labutils.tools.checkpoint import CheckpointDir
-from labutils.tools.distributed import DistContext, agree_on_loss, params_digest
+from labutils.tools.distributed import DistContext, loss_reducer, params_digest
 from labutils.labs import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +24,9 @@ def test_single_process_helpers_are_no_ops():
     ctx = DistContext()
     assert not ctx.enabled and ctx.any(True) and not ctx.any(False)
     assert ctx.gather(5) == [5] and ctx.broadcast("x") == "x"
-    loss = lambda model, x, y: x.sum()
-    assert agree_on_loss(loss, ctx) is loss
+    assert ctx.agree(True, False) == (True, False)
+    assert loss_reducer(ctx) is None
+    assert ctx.main_first(lambda: 7) == 7
 
 
 def test_two_gloo_processes_train_the_same_weights_and_resume(tmp_path):

@@ -1,5 +1,6 @@
 """`make run`'s machinery: notebooks executed into a run folder, the tracked copies untouched."""
 import json
+import re
 
 import nbformat
 import pytest
@@ -73,3 +74,67 @@ def test_ensure_flowers_prepares_when_missing_and_never_raises(monkeypatch, tmp_
     monkeypatch.setattr(flowers, "find_flowers", lambda *a, **k: tmp_path)
     runner.ensure_flowers()
     assert len(calls) == 1   # found: nothing prepared
+
+
+def test_console_table_report_page_and_quiet_kernels(tmp_path, capfd):
+    """One line per notebook, a closing table, index.html with figures and links; a failing
+    notebook does not stop the others; no TCP warning from the kernels."""
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    write_notebook(src / "01_draws.ipynb",
+                   "import os, pathlib\n"
+                   "from PIL import Image\n"
+                   "out = pathlib.Path(os.environ['LABUTILS_OUTPUT_DIR'])\n"
+                   "out.mkdir(exist_ok=True)\n"
+                   "Image.new('RGB', (8, 8), 'red').save(out / 'red.png')\n"
+                   "Image.new('L', (4, 4)).save(out / 'grey.gif')\n"
+                   "open(out / 'notes.txt', 'w').write('not a figure')")
+    write_notebook(src / "02_fails.ipynb", "raise KeyError('boom')")
+    write_notebook(src / "03_after.ipynb", "print('still run')")
+    with pytest.raises(runner.NotebooksFailed) as failure:
+        runner.run_notebooks(tmp_path / "run", profile="ci", directory=src)
+    assert failure.value.failed == ["02_fails.ipynb"]
+    out = tmp_path / "run"
+    console = capfd.readouterr()
+    kernel_logs = "".join(log.read_text() for log in out.glob("*.kernel.log"))
+    assert "without encryption" not in console.out + console.err + kernel_logs
+    progress = [line for line in console.out.splitlines() if line.lstrip().startswith("[")]
+    assert len(progress) == 3 and "[2/3] 02_fails.ipynb" in progress[1]
+    assert "failed" in progress[1] and "KeyError" in progress[1] and "ok" in progress[2]
+    table = console.out[console.out.index("notebook "):]
+    assert re.search(r"01_draws\.ipynb +\d+ s +ok", table)
+    assert re.search(r"02_fails\.ipynb +\d+ s +failed \(KeyError: 'boom'\)", table)
+    assert re.search(r"03_after\.ipynb +\d+ s +ok", table)
+    assert re.search(r"total +\d+ s", table) and f"Report: {out / 'index.html'}" in table
+
+    page = (out / "index.html").read_text()
+    assert '<img src="01_draws/red.png"' in page and '<img src="01_draws/grey.gif"' in page
+    assert "notes.txt" not in page
+    for name in ("01_draws", "02_fails", "03_after"):
+        assert f'href="{name}.ipynb"' in page and (out / f"{name}.ipynb").is_file()
+    assert "KeyError: &#x27;boom&#x27;" in page
+    assert page.count('class="ok"') >= 2 and 'class="failed"' in page
+    assert nbformat.read(out / "03_after.ipynb", as_version=4).cells[0].outputs[0]["text"] \
+        == "still run\n"
+
+
+def test_keep_going_false_stops_at_the_first_failure(tmp_path, capsys):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    write_notebook(src / "01_fails.ipynb", "1 / 0")
+    write_notebook(src / "02_never.ipynb", "print('ran')")
+    with pytest.raises(runner.NotebooksFailed):
+        runner.run_notebooks(tmp_path / "run", profile="ci", directory=src, keep_going=False)
+    assert not (tmp_path / "run" / "02_never.ipynb").exists()
+    assert re.search(r"02_never\.ipynb +- +not run", capsys.readouterr().out)
+    assert "not run" in (tmp_path / "run" / "index.html").read_text()
+
+
+def test_run_labs_exits_1_when_a_notebook_fails(tmp_path):
+    from labutils.tools import cli
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    write_notebook(src / "01_fails.ipynb", "1 / 0")
+    assert cli.main(["run-labs", "--profile", "ci", "--notebooks", str(src),
+                     "--out", str(tmp_path / "run")]) == 1
+    assert (tmp_path / "run" / "index.html").is_file()

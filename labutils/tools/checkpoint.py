@@ -17,6 +17,7 @@ import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -33,23 +34,47 @@ class CheckpointError(ValueError):
 
 # --- RNG states as tensors ------------------------------------------------------------------
 
-def rng_state() -> Dict:
-    """This process's Python, NumPy, torch CPU and CUDA RNG states, as weights_only-safe values."""
+def _cuda_index(device) -> Optional[int]:
+    """The CUDA device index whose RNG this process uses (None: no CUDA in use)."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type != "cuda":
+            return None
+        if device.index is not None:
+            return device.index
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.current_device()
+
+
+def rng_state(device=None) -> Dict:
+    """This process's Python, NumPy, torch CPU and CUDA RNG states, as weights_only-safe values.
+
+    Only the CUDA generator of the process's own GPU (``device``, default the current one) is
+    saved: under torchrun each rank uses one GPU, and saving every visible GPU's state would tie
+    the checkpoint to the node's GPU count.
+    """
     py_version, py_state, py_gauss = random.getstate()
     _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    index = _cuda_index(device)
     state = {
         "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
                    "gauss": py_gauss},
         "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "cached": float(np_cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [] if index is None else [torch.cuda.get_rng_state(index)],
     }
     return state
 
 
-def set_rng_state(state: Dict) -> None:
-    """Restore what :func:`rng_state` returned."""
+def set_rng_state(state: Dict, device=None) -> None:
+    """Restore what :func:`rng_state` returned; the saved CUDA state goes to this process's GPU.
+
+    When the checkpoint's CUDA state cannot be restored (saved on a CPU and resumed on a GPU, or
+    the reverse) a warning says that the run continues correctly but not bit-for-bit like an
+    uninterrupted one.
+    """
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     nps = state["numpy"]
@@ -57,8 +82,17 @@ def set_rng_state(state: Dict) -> None:
                          nps["has_gauss"], nps["cached"]))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    index = _cuda_index(device)
+    if index is not None and len(cuda) >= 1:
+        # Format of older checkpoints: one state per visible GPU; take this GPU's, else the first.
+        saved = cuda[index] if len(cuda) > 1 and index < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(saved, index)
+    elif index is not None or cuda:
+        warnings.warn("the checkpoint's CUDA random state "
+                      + ("is missing (it was saved without a GPU)" if index is not None
+                         else "cannot be restored here (resuming without a GPU)")
+                      + ": training continues correctly, but its random draws differ from an "
+                        "uninterrupted run's", RuntimeWarning, stacklevel=2)
 
 
 # --- atomic save, safe load -----------------------------------------------------------------

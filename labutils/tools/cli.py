@@ -73,6 +73,11 @@ def _cmd_train(args) -> int:
     return run_train(args)
 
 
+def _cmd_eval(args) -> int:
+    from .eval_job import run_eval
+    return run_eval(args)
+
+
 def _cmd_sample(args) -> int:
     from ..config import LabSettings, get_device
     from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint
@@ -115,14 +120,15 @@ def _sample_from(args, settings, path, state, device, out_format) -> int:
         if args.prompts:
             _check_prompt_lengths(args.prompts, lab.encoder())
     model = lab.build_model()
-    model.load_state_dict(state["model"])
+    from ..ema import load_for_sampling
+    which = load_for_sampling(model, state, args.ema)
     with seeded(args.seed, device):
         samples = lab.sample(model, classes=args.classes, prompts=args.prompts,
                              weights=args.w, steps=args.steps, n=args.n)
     scale = grid_scale(settings.img_size)
     out = save_png(make_grid(samples.images, samples.ncols, scale=scale), Path(args.out),
                    format=out_format)
-    print(f"{settings.lab} (checkpoint {path}, step {state['step']}): "
+    print(f"{settings.lab} (checkpoint {path}, step {state['step']}, {which} weights): "
           f"{len(samples.images)} images -> {out}")
     if samples.row_labels:
         print("rows: " + ", ".join(samples.row_labels))
@@ -178,7 +184,13 @@ def _cmd_run_labs(args) -> int:
 def _cmd_lab(args) -> int:
     from .jupyter import run_lab
     return run_lab(ip=args.ip, port=args.port, root=args.notebooks, login=args.login,
-                   log_level=args.log_level)
+                   log_level=args.log_level, show_token=args.show_token or None)
+
+
+def _ema_switch(p) -> None:
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample with the EMA weights (default when the checkpoint has them) or "
+                        "the raw ones (--no-ema)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "lab", help="JupyterLab on 127.0.0.1 with a fresh token; prints the SSH tunnel command",
         description="Start JupyterLab on 127.0.0.1, a free port and a fresh token, serving the "
-                    "notebooks; print the URL, the SSH tunnel command for this node and the "
-                    "line to paste in the browser. Ctrl-C or SIGTERM stops it (exit 0).")
+                    "notebooks; print the SSH tunnel command for this node and the line to "
+                    "paste in the browser (the token in ~/.labutils-lab-<job>.url, mode 600). "
+                    "Ctrl-C or SIGTERM stops it (exit 0).")
     p.add_argument("--ip", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; anything else is reachable "
                         "from the network: a warning is printed)")
@@ -211,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder to serve (default: the checkout's notebooks/)")
     p.add_argument("--login", help="login host for the tunnel's -J (default: LABUTILS_LOGIN_HOST, "
                                    "else SLURM_SUBMIT_HOST when it is another host)")
+    p.add_argument("--show-token", action="store_true",
+                   help="print the token even when stdout is not a terminal (default: only "
+                        "in ~/.labutils-lab-<job>.url, mode 600, and on a terminal)")
     p.add_argument("--log-level", default="WARN",
                    choices=("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"),
                    help="Jupyter's log level (default WARN)")
@@ -235,8 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default 0, or the checkpoint's)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--checkpoint-every", type=_int_at_least(0, "--checkpoint-every"),
-                   default=500, help="steps between checkpoints, 0: epoch ends only "
-                                     "(default 500)")
+                   default=500, help="steps between checkpoints, 0: none by steps (default "
+                                     "500); a checkpoint is also written at the end and on "
+                                     "SIGTERM/SIGINT")
+    p.add_argument("--checkpoint-minutes", type=_finite_float("--checkpoint-minutes"),
+                   help="also a checkpoint after this many minutes without one, 0: none by "
+                        "time (default: 15 for the flowers labs, whose checkpoints are 0.5 GB; "
+                        "5 for the others)")
     p.add_argument("--sample-every", type=_int_at_least(0, "--sample-every"),
                    help="epochs between sample grids, 0: none (default: the profile's "
                         "sample_every; the last epoch always draws one unless 0)")
@@ -249,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data folder (default: the data modules' search order)")
     p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file "
                                         "(default LABUTILS_CLIP_MODEL, else ViT-B/32)")
+    p.add_argument("--ema-decay", type=_finite_float("--ema-decay", at_most=0.999999),
+                   default=None, help="decay of the EMA of the weights kept for sampling "
+                                      "(default 0.999, warm-up aware; 0: none; on --resume: "
+                                      "the checkpoint's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -269,7 +294,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
+    _ema_switch(p)
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser(
+        "eval", help="score a checkpoint's samples with an offline judge (accuracy, Frechet)",
+        description="Sample a trained lab model and score the samples with a small classifier "
+                    "(the judge) trained once on the lab's real data and cached in data/judges/: "
+                    "conditional accuracy per class and guidance weight (best w named), Frechet "
+                    "distance on the judge's features with the real-vs-real floor at the same "
+                    "count, and for unguided labs the class histogram. Writes a table and "
+                    "eval-step<N>-<ema|raw>.json in the run folder.")
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint)")
+    p.add_argument("--n", type=_int_at_least(2, "--n"), default=100,
+                   help="samples per guidance weight (unguided labs: in all; default 100)")
+    p.add_argument("--w", type=_finite_float("--w"), nargs="+",
+                   help="guidance weights (default 0 1 2)")
+    p.add_argument("--steps", type=_int_at_least(1, "--steps"),
+                   help="reverse steps (default: the profile's sample_steps, else T)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="where to write the report (default: in the run folder)")
+    p.add_argument("--data-dir", help="the lab's data folder for the judge (default: the data "
+                                      "modules' search order)")
+    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
+    _ema_switch(p)
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="time training steps of each lab's model, fp32 vs bf16")
     p.add_argument("--labs", nargs="+", choices=LABS,

@@ -11,9 +11,11 @@ with a collective, so no rank is ever left waiting in an all-reduce that the oth
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
+import inspect
 import os
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,6 +31,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    _main_first_calls: int = dataclasses.field(default=0, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -64,9 +67,50 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def agree(self, *flags: bool) -> tuple:
+        """Each flag true on every rank when it is true on at least one: one collective for all
+        (and one host sync on a GPU), where :meth:`any` would take one per flag."""
+        if not self.enabled:
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in t.tolist())
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def main_first(self, fn: Callable[[], Any], timeout_s: Optional[float] = None) -> Any:
+        """``fn()`` on rank 0 first, then on the other ranks (rank 0 may write caches they read).
+
+        The other ranks wait on torchrun's key-value store, not on a NCCL barrier: preparing the
+        data (CLIP, a stand-in CLIP to train, ~2,000 photos to encode) can take longer than a
+        collective's timeout, and a failure on rank 0 reaches them as a message, not a hang.
+        """
+        if not self.enabled:
+            return fn()
+        store = dist.distributed_c10d._get_default_store()
+        key = "labutils/main_first/" + str(self._main_first_calls)
+        self._main_first_calls += 1
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException as err:
+                store.set(key, f"error: {type(err).__name__}: {err}".splitlines()[0])
+                raise
+            store.set(key, "ok")
+            return result
+        wait_s = setup_timeout_s() if timeout_s is None else timeout_s
+        try:
+            store.wait([key], datetime.timedelta(seconds=wait_s))
+        except Exception as err:  # the store's timeout or a lost rank 0
+            raise RuntimeError(f"rank {self.rank}: rank 0 did not finish preparing within "
+                               f"{wait_s:.0f} s (LABUTILS_SETUP_TIMEOUT): {err}") from None
+        status = store.get(key).decode()
+        if status != "ok":
+            raise RuntimeError(f"rank {self.rank}: rank 0 failed while preparing: "
+                               f"{status[len('error: '):]}")
+        return fn()
 
     def _object_device(self):
         return self.device if self.device.type == "cuda" else None
@@ -94,8 +138,50 @@ def init(device: Optional[str] = None) -> DistContext:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(**process_group_kwargs(backend, dev))
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+# Seconds a collective may wait before NCCL/gloo give up (NCCL's default is 10 minutes). Rank 0
+# alone writes checkpoints and draws sample grids, which the others wait for in the next collective.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 30 * 60
+# Seconds the other ranks wait for rank 0 to prepare the data (main_first): a stand-in CLIP may
+# train and ~2,000 photos may be encoded first.
+DEFAULT_SETUP_TIMEOUT_S = 2 * 60 * 60
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: give a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={text!r}: give a number of seconds > 0")
+    return value
+
+
+def collective_timeout_s() -> float:
+    """``LABUTILS_DIST_TIMEOUT`` seconds, default :data:`DEFAULT_COLLECTIVE_TIMEOUT_S`."""
+    return _env_seconds("LABUTILS_DIST_TIMEOUT", DEFAULT_COLLECTIVE_TIMEOUT_S)
+
+
+def setup_timeout_s() -> float:
+    """``LABUTILS_SETUP_TIMEOUT`` seconds, default :data:`DEFAULT_SETUP_TIMEOUT_S`."""
+    return _env_seconds("LABUTILS_SETUP_TIMEOUT", DEFAULT_SETUP_TIMEOUT_S)
+
+
+def process_group_kwargs(backend: str, device: torch.device) -> dict:
+    """Arguments of ``init_process_group``: an explicit timeout, and for NCCL the rank's GPU
+    (``device_id=``: no guessing which GPU a rank uses, and NCCL connects eagerly)."""
+    kwargs = dict(backend=backend,
+                  timeout=datetime.timedelta(seconds=collective_timeout_s()))
+    if (backend == "nccl" and device.type == "cuda"
+            and "device_id" in inspect.signature(dist.init_process_group).parameters):
+        kwargs["device_id"] = device   # torch >= 2.3
+    return kwargs
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -118,22 +204,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def agree_on_loss(loss_fn, ctx: DistContext):
-    """``loss_fn`` whose *value* is the mean over ranks while its gradient stays this rank's.
+def loss_reducer(ctx: DistContext) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """For :func:`labutils.train`'s ``reduce_loss``: the mean over ranks of a window of losses
+    (None in a single process).
 
-    The training loop stops on a NaN/inf value; making the value global means every rank
-    sees the same NaN and stops at the same step, and rank 0 logs the job's mean loss.
+    The loop checks its losses for NaN/inf every ``log_every`` steps; reducing the window first
+    means every rank sees the same values and stops at the same step, and rank 0 logs the job's
+    mean loss. One all-reduce per window, not one per step.
     """
     if not ctx.enabled:
-        return loss_fn
+        return None
 
-    def loss(model, x, y):
-        local = loss_fn(model, x, y)
-        mean = local.detach().clone().float()
+    def reduce(losses: torch.Tensor) -> torch.Tensor:
+        mean = losses.detach().clone().float()
         dist.all_reduce(mean, op=dist.ReduceOp.SUM)
-        mean /= ctx.world_size
-        return local + (mean - local.detach()).to(local.dtype)
-    return loss
+        return mean / ctx.world_size
+    return reduce
 
 
 def params_digest(model: torch.nn.Module) -> str:

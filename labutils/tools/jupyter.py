@@ -1,13 +1,15 @@
 """``labutils lab``: JupyterLab on a compute node (or a laptop), reached safely.
 
 It starts JupyterLab from this environment bound to ``127.0.0.1`` on a free port with a fresh
-random token, serving ``notebooks/``, waits until it answers, and prints the URL, the exact SSH
-tunnel command for this node and the line to paste in the browser. Ctrl-C (SIGINT) or SIGTERM
+random token, serving ``notebooks/``, waits until it answers, and prints the exact SSH tunnel
+command for this node and the line to paste in the browser. Ctrl-C (SIGINT) or SIGTERM
 (``scancel``, the end of a job) stops it and its kernels cleanly; exit code 0.
 
 Security: the token is passed to Jupyter in its environment (``JUPYTER_TOKEN``), never on the
-command line, where other users of a shared node could read it with ``ps``; it is printed on
-our stdout only (a Slurm job's output file, readable by you). Binding to another address than
+command line, where other users of a shared node could read it with ``ps``. The browser line
+with the token goes to ``~/.labutils-lab-<job>.url`` (mode 600, removed on stop); it is printed
+only when stdout is a terminal (or with ``--show-token``), never into a batch job's output file,
+which is only as private as the umask makes it. Binding to another address than
 the loopback needs ``--ip`` given explicitly and prints a warning. Kernels talk to the server
 over IPC sockets in your private Jupyter runtime folder, not TCP ports on the node.
 
@@ -217,23 +219,74 @@ def login_host(node: str, login: Optional[str] = None) -> Optional[str]:
     return None
 
 
-def tunnel_command(port: int, user: Optional[str] = None, node: Optional[str] = None,
-                   login: Optional[str] = None, target: str = LOOPBACK) -> str:
-    """``ssh -N -L PORT:127.0.0.1:PORT [-J USER@LOGIN] USER@NODE``, to run on your laptop."""
+def ssh_destination(user: Optional[str] = None, node: Optional[str] = None,
+                    login: Optional[str] = None) -> str:
+    """``[-J USER@LOGIN] USER@NODE``: how ssh reaches this node from your laptop."""
     user = user or os.environ.get("USER") or getpass.getuser()
     node = node or node_name()
     jump = login_host(node, login)
     if jump and "@" not in jump:
         jump = f"{user}@{jump}"
-    return (f"ssh -N -L {port}:{target}:{port} " + (f"-J {jump} " if jump else "")
-            + f"{user}@{node}")
+    return (f"-J {jump} " if jump else "") + f"{user}@{node}"
+
+
+def tunnel_command(port: int, user: Optional[str] = None, node: Optional[str] = None,
+                   login: Optional[str] = None, target: str = LOOPBACK) -> str:
+    """``ssh -N -L PORT:127.0.0.1:PORT [-J USER@LOGIN] USER@NODE``, to run on your laptop."""
+    return f"ssh -N -L {port}:{target}:{port} {ssh_destination(user, node, login)}"
+
+
+def url_file() -> Path:
+    """Where ``labutils lab`` keeps the URL with the token: a mode-600 file in your home folder
+    (shared with the login node on clusters), one per Slurm job (or per process)."""
+    ident = os.environ.get("SLURM_JOB_ID") or str(os.getpid())
+    return Path.home() / f".labutils-lab-{ident}.url"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (created fresh with mode 600)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def connect_message(server: LabServer, destination: str, target: str, saved: Optional[Path],
+                    show_token: bool) -> str:
+    """What ``labutils lab`` prints once JupyterLab answers."""
+    token = server.token if show_token else "<token>"
+    lines = [f"JupyterLab is running on {node_name()} (pid {server.process.pid}), port "
+             f"{server.port}, serving {server.root}", "",
+             "On your laptop, open an SSH tunnel (leave it running):",
+             f"  ssh -N -L {server.port}:{target}:{server.port} {destination}",
+             "then paste this line in your browser:",
+             f"  http://127.0.0.1:{server.port}/lab?token={token}"]
+    if saved is not None and show_token:
+        lines.append(f"  (also in {saved}, mode 600)")
+    elif saved is not None:
+        lines += [f"  with <token> from {saved} (mode 600: yours only); from your laptop:",
+                  f"  ssh {destination} cat {saved}",
+                  "  (not printed here: this output is not a terminal and may land in a file "
+                  "others can read; --show-token prints it)"]
+    lines += ["", "Stop with Ctrl-C here, or kill -TERM / scancel the job."]
+    return "\n".join(lines)
 
 
 def run_lab(ip: str = LOOPBACK, port: Optional[int] = None, root: Optional[Path] = None,
-            login: Optional[str] = None, log_level: str = "WARN") -> int:
-    """The ``labutils lab`` command: start, print how to connect, wait for Ctrl-C / SIGTERM."""
+            login: Optional[str] = None, log_level: str = "WARN",
+            show_token: Optional[bool] = None) -> int:
+    """The ``labutils lab`` command: start, print how to connect, wait for Ctrl-C / SIGTERM.
+
+    The browser line with the token goes to a mode-600 file (:func:`url_file`); it is printed
+    as well when stdout is a terminal (``show_token=None``) or when ``show_token`` is True.
+    """
     from ..config import project_dir
     root = Path(root) if root else project_dir() / "notebooks"
+    if show_token is None:
+        show_token = sys.stdout.isatty()
     if not is_loopback(ip):   # only ever from an explicit --ip
         print(f"labutils lab: WARNING: listening on {ip}, not 127.0.0.1: anyone who can reach "
               "this address and learns the token can run code as you. Prefer the default and "
@@ -247,19 +300,19 @@ def run_lab(ip: str = LOOPBACK, port: Optional[int] = None, root: Optional[Path]
         stop["signal"] = signum
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = None
+    server, saved = None, None
     try:
         server = start_lab(root, ip=ip, port=port, log_level=log_level)
         target = LOOPBACK if ip in ("0.0.0.0", "::") or is_loopback(ip) else ip
-        browser = f"http://127.0.0.1:{server.port}/lab?token={server.token}"
-        print(f"JupyterLab is running on {node_name()} (pid {server.process.pid}), "
-              f"serving {server.root}\n"
-              f"  on this machine:  {server.url}\n\n"
-              "On your laptop, open an SSH tunnel (leave it running):\n"
-              f"  {tunnel_command(server.port, login=login, target=target)}\n"
-              "then paste this line in your browser:\n"
-              f"  {browser}\n\n"
-              "Stop with Ctrl-C here, or kill -TERM / scancel the job.", flush=True)
+        try:
+            saved = url_file()
+            write_private(saved, f"http://127.0.0.1:{server.port}/lab?token={server.token}\n")
+        except OSError as err:
+            print(f"labutils lab: could not write the token file ({err}): printing the token",
+                  file=sys.stderr)
+            saved, show_token = None, True
+        print(connect_message(server, ssh_destination(login=login), target, saved, show_token),
+              flush=True)
         while stop["signal"] is None and server.process.poll() is None:
             time.sleep(0.3)
         if stop["signal"] is None:
@@ -282,5 +335,10 @@ def run_lab(ip: str = LOOPBACK, port: Optional[int] = None, root: Optional[Path]
     finally:
         if server is not None and server.process.poll() is None:
             server.stop(30)
+        if saved is not None:
+            try:
+                saved.unlink()
+            except OSError:
+                pass
         for s, handler in previous.items():
             signal.signal(s, handler)

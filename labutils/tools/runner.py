@@ -55,7 +55,8 @@ class NotebookResult:
 
 def find_notebooks(directory: Path = NOTEBOOK_DIR, select: Optional[Sequence[str]] = None
                    ) -> List[Path]:
-    """The lab notebooks in course order; ``select`` keeps those whose name starts with one of it."""
+    """The lab notebooks in course order; ``select`` keeps those whose name starts with one
+    of it."""
     if not directory.is_dir():
         raise FileNotFoundError(f"no notebook folder at {directory} (run from a checkout of the "
                                 "project, or pass --notebooks DIR)")

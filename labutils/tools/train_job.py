@@ -25,6 +25,7 @@ import torch
 from .. import __version__
 from ..config import ConfigError, LabSettings, lab_settings, seed_everything, seeded
 from ..data import BatchLoader
+from ..ema import DEFAULT_DECAY, EMA
 from ..labs import Lab
 from ..plotting import make_grid
 from ..training import NonFiniteLossError, train
@@ -34,6 +35,14 @@ from .files import check_writable, grid_scale, save_png, write_text_atomic
 
 EXIT_NONFINITE = 3
 FINITE_CHECK_EVERY = 50   # steps between checks of the weights for NaN/inf (and at every save)
+# Minutes between checkpoints by wall time, unless --checkpoint-minutes says otherwise. A flowers
+# checkpoint (model + Adam state) is 0.53 GB: 1.4-2.0 s to write and fsync on a local disk, so
+# one every 15 min costs about 0.2% of the run; the Fashion-MNIST labs' are 3-24 MB.
+CHECKPOINT_MINUTES = {"flowers-cfg": 15.0, "flowers-clip": 15.0}
+DEFAULT_CHECKPOINT_MINUTES = 5.0
+# Under torchrun, steps between the collective that agrees on "stop now (a signal)?" and "a
+# checkpoint is due by time?": each one waits for the GPU, so not every step.
+AGREE_EVERY = 10
 
 
 class NonFiniteWeightsError(FloatingPointError):
@@ -227,7 +236,10 @@ class TrainJob:
             self.optimizer.load_state_dict(state["optimizer"])
             for group in self.optimizer.param_groups:  # --lr (or the settings') wins
                 group["lr"] = self.settings.lr
+                if "fused" in group:   # this device's choice, not the checkpoint's (CUDA <-> CPU)
+                    group["fused"] = self.optimizer.defaults.get("fused")
             self.start_step = int(state["step"])
+        self.ema = self._make_ema(state)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.settings.epochs * self.steps_per_epoch
         if self.start_step > self.total_steps:
@@ -237,6 +249,15 @@ class TrainJob:
         self.sample_every = (self.settings.sample_every if args.sample_every is None
                              else args.sample_every)
         self.saved = {"step": None, "path": self.resumed_from}
+        minutes = getattr(args, "checkpoint_minutes", None)
+        if minutes is None:
+            minutes = CHECKPOINT_MINUTES.get(self.settings.lab, DEFAULT_CHECKPOINT_MINUTES)
+        if minutes < 0:
+            raise ConfigError(f"--checkpoint-minutes must be >= 0, got {minutes:g}")
+        self.checkpoint_seconds = 60.0 * minutes
+        self.last_save = time.monotonic()
+        self.stop: Optional[StopRequest] = None
+        self.stopping = False
         self.log_file = None
         self.t0 = time.time()
 
@@ -248,16 +269,39 @@ class TrainJob:
                                      ("--data-dir", a.data_dir, None),
                                      ("--sample-every", a.sample_every, None),
                                      ("--checkpoint-every", a.checkpoint_every, 500),
+                                     ("--checkpoint-minutes",
+                                      getattr(a, "checkpoint_minutes", None), None),
                                      ("--keep", a.keep, 3), ("--device", a.device, None)):
             if value is not None and value != default:
                 parts += [flag, str(value)]
         return " ".join(shlex.quote(p) for p in parts)
 
+    def _make_ema(self, state):
+        """The EMA of the weights used for sampling (None with ``--ema-decay 0``); on resume the
+        checkpoint's, exactly, with its decay."""
+        decay = getattr(self.args, "ema_decay", None)
+        if state is not None and "ema" in state:
+            saved = state["ema"]
+            if decay is not None and (saved is None and decay > 0
+                                      or saved is not None and decay != saved["decay"]):
+                raise ConfigError(f"the checkpoints in {self.out} use EMA decay "
+                                  f"{saved['decay'] if saved else 0:g}; resume without "
+                                  "--ema-decay or use a new --out")
+            if saved is None:
+                return None
+            ema = EMA(self.model, saved["decay"], saved["warmup"])
+            ema.load_state_dict(saved)
+            return ema
+        decay = DEFAULT_DECAY if decay is None else decay
+        if state is not None and decay > 0:
+            say(self.ctx, "labutils train: the checkpoint holds no EMA weights (an older "
+                          "run): the EMA starts from its weights now")
+        return EMA(self.model, decay) if decay > 0 else None
+
     def _dataset(self):
         # Rank 0 first: it may write caches (CLIP embeddings, a stand-in CLIP) the others read.
-        data = self.lab.dataset() if self.ctx.is_main else None
-        self.ctx.barrier()
-        return data if data is not None else self.lab.dataset()
+        # The others wait on torchrun's store, not on a NCCL barrier that could time out.
+        return self.ctx.main_first(self.lab.dataset)
 
     # --- files -----------------------------------------------------------------------------------
 
@@ -289,7 +333,8 @@ class TrainJob:
 
         Never writes weights holding NaN/inf: :meth:`check_finite` stops the run first."""
         self.check_finite(step, "before writing a checkpoint")
-        rngs = self.ctx.gather(rng_state())
+        rngs = self.ctx.gather(rng_state(self.ctx.device))
+        self.last_save = time.monotonic()   # on every rank: the time cadence is agreed on
         if not self.ctx.is_main or self.saved["step"] == step:
             return
         s = self.settings
@@ -298,7 +343,8 @@ class TrainJob:
                 "settings": dataclasses.asdict(s), "seed": self.seed,
                 "world_size": self.ctx.world_size, "step": step,
                 "epoch": step // self.steps_per_epoch, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": rngs}
+                "optimizer": self.optimizer.state_dict(), "rng": rngs,
+                "ema": self.ema.state_dict() if self.ema is not None else None}
         if self.lab.clip_info() is not None:
             ckpt["clip"] = self.lab.clip_info()
         self.saved["path"] = str(self.ckpts.save(ckpt, step))
@@ -310,7 +356,11 @@ class TrainJob:
             return
         examples = self.data.images[:8] if self.lab.spec.picture == "denoise" else None
         with seeded(self.seed, self.ctx.device):
-            samples = self.lab.sample(self.model, examples=examples)
+            if self.ema is not None:   # grids show the EMA weights, as `sample` does
+                with self.ema.applied(self.model):
+                    samples = self.lab.sample(self.model, examples=examples)
+            else:
+                samples = self.lab.sample(self.model, examples=examples)
         path = save_png(make_grid(samples.images, samples.ncols,
                                   scale=grid_scale(self.settings.img_size)),
                         self.out / "samples" / f"epoch{epoch:03d}.png")
@@ -318,18 +368,36 @@ class TrainJob:
 
     # --- hooks -----------------------------------------------------------------------------------
 
-    def on_step(self, step: int, epoch: int, loss: float) -> None:
+    def on_log(self, records) -> None:
+        """Loss log lines for a window of steps (every step on a CPU, every few on a GPU)."""
         if self.log_file is not None:
-            self.log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss,
-                                            "time": round(time.time() - self.t0, 3)}) + "\n")
+            now = round(time.time() - self.t0, 3)
+            self.log_file.write("".join(json.dumps({"step": step, "epoch": epoch, "loss": loss,
+                                                    "time": now}) + "\n"
+                                        for step, epoch, loss in records))
             self.log_file.flush()
-        if self.args.checkpoint_every and step % self.args.checkpoint_every == 0:
+
+    def on_step(self, step: int, epoch: int, loss) -> None:
+        """Checkpoint cadence: every ``--checkpoint-every`` steps, or when ``--checkpoint-minutes``
+        passed since the last one; a signal stops the loop (``run`` then saves)."""
+        if self.ema is not None:   # first: a checkpoint of this step holds its EMA
+            self.ema.update(self.model)
+        every = self.args.checkpoint_every
+        due = bool(every) and step % every == 0
+        if not self.ctx.enabled or step % AGREE_EVERY == 0:
+            timed = (self.checkpoint_seconds > 0
+                     and time.monotonic() - self.last_save >= self.checkpoint_seconds)
+            signalled = self.stop is not None and self.stop.signum is not None
+            self.stopping, timed = self.ctx.agree(signalled, timed)
+            due = due or timed
+        if self.stopping:
+            return             # run() saves this step once the loop has stopped
+        if due:
             self.save(step)
         elif step % FINITE_CHECK_EVERY == 0:
             self.check_finite(step, "periodic check")
 
     def on_epoch_end(self, epoch: int, step: int) -> None:
-        self.save(step)
         every = self.sample_every
         if every and ((epoch + 1) % every == 0 or epoch + 1 == self.settings.epochs):
             self.draw(epoch)
@@ -343,12 +411,13 @@ class TrainJob:
         self.write_header()
         ctx, s = self.ctx, self.settings
         ddp_model = distributed.wrap_model(self.model, ctx, self.lab.spec.find_unused_parameters)
-        loss_fn = distributed.agree_on_loss(self.lab.loss_fn(), ctx)
+        loss_fn = self.lab.loss_fn()
         self.log_file = open(self.out / "loss.jsonl", "a") if ctx.is_main else None
         try:
             with StopRequest() as stop:
+                self.stop = stop
                 if self.state is not None:  # last, so data loading cannot shift the streams
-                    set_rng_state(self.state["rng"][ctx.rank])
+                    set_rng_state(self.state["rng"][ctx.rank], ctx.device)
                 else:
                     seed_everything(self.seed + ctx.rank)   # ranks draw different noise
                 try:
@@ -356,7 +425,8 @@ class TrainJob:
                                    start_step=self.start_step,
                                    progress=ctx.is_main and not self.args.quiet, desc=s.lab,
                                    on_step=self.on_step, on_epoch_end=self.on_epoch_end,
-                                   should_stop=lambda: ctx.any(stop.signum is not None))
+                                   on_log=self.on_log, should_stop=lambda: self.stopping,
+                                   reduce_loss=distributed.loss_reducer(ctx))
                 except (NonFiniteLossError, NonFiniteWeightsError) as err:
                     say(ctx, f"labutils train: error: {str(err).splitlines()[0]}\n"
                              f"Last good checkpoint: {self.saved['path'] or 'none yet'} (not "
@@ -368,6 +438,8 @@ class TrainJob:
                     say(ctx, f"stopped at step {result.step} of {self.total_steps}; checkpoint "
                              f"{self.saved['path']}. Continue with: {self.continue_command()}")
                     return stop.exit_code or 0
+                if result.step > self.start_step:
+                    self.save(result.step)   # always at the end (a no-op if just saved)
         except StopNow as err:
             say(ctx, f"labutils train: {err} again: stopped at once; last checkpoint: "
                      f"{self.saved['path'] or 'none yet'}. Continue with: "

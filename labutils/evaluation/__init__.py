@@ -1,0 +1,1 @@
+from .judges import Judge, JudgeUnavailable, get_judge

@@ -1,0 +1,174 @@
+"""Score a lab's model with its judge: what ``labutils eval`` and the notebooks call.
+
+Everything lab-specific comes from the registry (:mod:`labutils.labs`): the data key picks the
+judge, the conditioning picks what is measured:
+- ``classes``:   for each guidance weight w, ``n`` samples spread evenly over the classes:
+                 conditional accuracy (per class, overall), Frechet distance; the best w named;
+- ``clip-text``: the same, the context being the class prompts ("a photo of a daisy", ...);
+- ``none``:      ``n`` unguided samples: Frechet distance and the judge's class histogram.
+Frechet distances come with the sample count and the real-vs-real floor at that count.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..config import ConfigError, seeded
+from ..diffusion import sample_w
+from .judges import Judge, get_judge
+from .metrics import (best_weight, class_histogram, conditional_accuracy, frechet_distance,
+                      histogram_entropy, real_floor)
+
+DEFAULT_WEIGHTS = (0.0, 1.0, 2.0)
+CHUNK = 256   # images per sampling batch (guidance doubles it)
+
+
+def _singular(name: str) -> str:
+    return name[:-1] if name.endswith("s") and not name.endswith("ss") else name
+
+
+def class_prompts(classes: Sequence[str]) -> List[str]:
+    """The prompts that stand for classes in text-conditioned labs: "a photo of a daisy", ..."""
+    return [f"a photo of a {_singular(c)}" for c in classes]
+
+
+def judge_for(lab, progress=print) -> Judge:
+    """The judge of ``lab``'s data at its image size (trained once and cached)."""
+    judge = get_judge(lab.spec.data, lab.settings.img_size, lab.data_dir, progress=progress)
+    if len(judge.classes) != len(lab.spec.classes):
+        raise ConfigError(f"the judge knows {len(judge.classes)} classes, {lab.settings.lab} "
+                          f"{len(lab.spec.classes)}")
+    return judge
+
+
+@torch.no_grad()
+def generate_guided(lab, model, context: torch.Tensor, w: float, steps: Optional[int] = None
+                    ) -> torch.Tensor:
+    """One guided sample per context row at weight ``w``, in chunks (RNG: the caller's)."""
+    ddpm = lab.sampler(steps)
+    out = []
+    for i in range(0, len(context), CHUNK):
+        x, _ = sample_w(model, ddpm, lab.image_shape, ddpm.T, context[i:i + CHUNK], lab.device,
+                        [w], store_freq=ddpm.T + 1)
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def generate_unguided(lab, model, n: int, steps: Optional[int] = None) -> torch.Tensor:
+    ddpm = lab.sampler(steps)
+    out = []
+    for i in range(0, n, CHUNK):
+        x, _ = ddpm.sample(model, (min(CHUNK, n - i), *lab.image_shape))
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def _fd(judge: Judge, images: torch.Tensor, floor: Dict) -> Dict:
+    m = floor["n"]
+    return {"frechet": frechet_distance(judge.features(images[:m]), floor["reference"]),
+            "n": m}
+
+
+def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = None,
+             steps: Optional[int] = None, seed: int = 0, judge: Optional[Judge] = None,
+             progress=print) -> Dict:
+    """Score ``model`` (a model of ``lab``) with the judge; a JSON-ready dict (see
+    :func:`format_report`). ``n``: samples per guidance weight (unguided labs: in all)."""
+    s, spec = lab.settings, lab.spec
+    if not s.T:
+        raise ConfigError(f"{s.lab} is not a diffusion model (no T): it generates nothing to "
+                          "judge")
+    if n < 2:
+        raise ConfigError(f"--n must be at least 2 to measure anything, got {n}")
+    judge = judge or judge_for(lab, progress)
+    real = judge.heldout
+    floor = real_floor(judge.features(real.images), n, seed)
+    steps_used = lab.sampler(steps).T
+    report = {
+        "lab": s.lab, "profile": s.profile, "conditioning": spec.conditioning,
+        "sampling_steps": steps_used, "T": s.T, "n": n, "seed": seed,
+        "judge": {"name": judge.name, "source": judge.meta["source"],
+                  "heldout_accuracy": judge.test_accuracy, "n_heldout": len(real),
+                  "note": judge.note},
+        "real_floor": {"frechet": floor["floor"], "n": floor["n"]},
+    }
+    model.eval()
+    if spec.conditioning == "none":
+        with seeded(seed, lab.device):
+            images = generate_unguided(lab, model, n, steps)
+        hist = class_histogram(judge.predict(images), judge.classes)
+        real_hist = class_histogram(real.labels, judge.classes)
+        report["unguided"] = dict(_fd(judge, images, floor), histogram=hist,
+                                  entropy_bits=histogram_entropy(hist),
+                                  real_entropy_bits=histogram_entropy(real_hist))
+        return report
+
+    classes = list(spec.classes)
+    requested = torch.arange(n) % len(classes)
+    if spec.conditioning == "clip-text":
+        prompts = class_prompts(classes)
+        rows, _ = lab.context(prompts=prompts)
+        report["prompts"] = prompts
+    else:
+        rows, _ = lab.context(classes=list(range(len(classes))))
+    context = rows[requested.to(rows.device)]
+    per_w = {}
+    for i, w in enumerate(DEFAULT_WEIGHTS if weights is None else weights):
+        with seeded(seed + i, lab.device):
+            images = generate_guided(lab, model, context, float(w), steps)
+        acc = conditional_accuracy(judge.predict(images), requested, judge.classes)
+        per_w[float(w)] = dict(_fd(judge, images, floor), accuracy=acc)
+        if progress:
+            progress(f"eval {s.lab}: w={w:g}: {100 * acc['overall']:.1f}% judged as asked")
+    best = best_weight({w: {"accuracy": {"overall": v["accuracy"]["overall"]}}
+                        for w, v in per_w.items()})
+    report["weights"] = [{"w": w, **v} for w, v in per_w.items()]
+    report["best_w"] = best
+    return report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def format_report(report: Dict) -> str:
+    """The report as a terminal table."""
+    j, fl = report["judge"], report["real_floor"]
+    lines = [f"{report['lab']} ({report['profile']} profile, {report['sampling_steps']} of "
+             f"T={report['T']} reverse steps, seed {report['seed']})",
+             f"judge {j['name']}: {_pct(j['heldout_accuracy']).strip()} on {j['n_heldout']} "
+             f"held-out real images ({j['source']})"]
+    if j.get("note"):
+        lines.append(j["note"])
+    lines.append(f"Frechet distance on judge features, {fl['n']} samples vs {fl['n']} real; "
+                 f"real-vs-real floor at that count: {fl['frechet']:.3f}")
+    if "unguided" in report:
+        u = report["unguided"]
+        lines.append(f"unguided: {report['n']} samples, Frechet {u['frechet']:.3f} "
+                     f"({u['frechet'] / max(fl['frechet'], 1e-12):.1f}x floor), class entropy "
+                     f"{u['entropy_bits']:.2f} bits (real {u['real_entropy_bits']:.2f})")
+        width = max(len(c) for c in u["histogram"])
+        for c, k in u["histogram"].items():
+            lines.append(f"  {c:<{width}} {k:5d}  {'#' * round(40 * k / report['n'])}")
+        return "\n".join(lines)
+    classes = list(report["weights"][0]["accuracy"]["per_class"])
+    short = [c[:7] for c in classes]
+    lines.append(f"conditional accuracy ({report['n']} samples per w, judged as the class asked "
+                 "for; chance " + _pct(1 / len(classes)).strip() + "):")
+    lines.append("     w  overall  Frechet  xfloor  " + " ".join(f"{c:>7}" for c in short))
+    for row in report["weights"]:
+        a = row["accuracy"]
+        ratio = row["frechet"] / max(fl["frechet"], 1e-12)
+        lines.append(f"{row['w']:6g}  {_pct(a['overall'])}  {row['frechet']:7.3f}  "
+                     f"{ratio:6.1f}  " + " ".join(f"{_pct(a['per_class'][c]):>7}"
+                                                  for c in classes))
+    if report.get("best_w") is not None:
+        best = next(r for r in report["weights"] if r["w"] == report["best_w"])
+        lines.append(f"best w = {report['best_w']:g}: {_pct(best['accuracy']['overall']).strip()}"
+                     f" (judge on real images: {_pct(j['heldout_accuracy']).strip()})")
+    return "\n".join(lines)
+
+
