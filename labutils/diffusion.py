@@ -11,7 +11,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .context import is_class_labels, one_hot
+from .context import as_context
 from .modules import evaluating
 
 GUIDANCE_WEIGHTS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
@@ -141,19 +141,27 @@ def _steps(T: int, progress: bool) -> Iterable[int]:
 
 # --- classifier-free guidance (labs 04-06) -------------------------------------------------------
 
-def get_context_mask(c: torch.Tensor, drop_prob: float, n_classes: Optional[int] = None):
+def get_context_mask(c: torch.Tensor, drop_prob: float, n_classes: Optional[int] = None, *,
+                     num_classes: Optional[int] = None):
     """Context for guided training: ``(context, keep_mask)``.
 
-    Integer class labels become one-hot vectors (``n_classes`` wide); float context vectors
-    (e.g. CLIP embeddings) are used as they are. The mask keeps each element with probability
-    ``1 - drop_prob`` (the course's element-wise Bernoulli mask).
+    Class labels ``[N]`` become one-hot rows ``n_classes`` wide: integer labels, and float
+    labels such as the course's ``torch.Tensor([3])`` when ``n_classes`` is given. Float
+    context rows ``[N, D]`` (one-hot rows, CLIP embeddings) are used as they are. Anything
+    ambiguous is an error (see :func:`labutils.context.as_context`). ``num_classes=`` is the
+    course's name for ``n_classes`` (``UNet_utils.get_context_mask(c, drop_prob,
+    num_classes)``). The mask keeps each element with probability ``1 - drop_prob`` (the
+    course's element-wise Bernoulli mask); the course's lab-05 variant, which returns only
+    the mask, is ``get_context_mask(c, drop_prob)[1]``.
     """
+    if num_classes is not None:
+        if n_classes is not None and n_classes != num_classes:
+            raise ValueError(f"n_classes={n_classes} and num_classes={num_classes} disagree; "
+                             "pass one of them")
+        n_classes = num_classes
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob must lie in [0, 1], got {drop_prob}")
-    if is_class_labels(c):
-        if n_classes is None:
-            raise ValueError("integer class labels need n_classes= to build one-hot context")
-        c = one_hot(c, n_classes)
+    c = as_context(c, n_classes)
     c_mask = torch.bernoulli(torch.full_like(c, 1.0 - drop_prob, dtype=torch.float))
     return c, c_mask
 

@@ -58,7 +58,7 @@ def _fashion_mnist(img_size, data_dir, max_images, seed, profile):
 def _flowers(img_size, data_dir, max_images, seed, profile):
     # Only the ci profile may fall back to the generated fixture when no photos exist.
     return load_flowers_tensors(img_size, data_dir, max_images=max_images,
-                                allow_fixture=profile == "ci")
+                                allow_fixture=profile == "ci", keep_aspect=True)
 
 
 def _mnist(img_size, data_dir, max_images, seed, profile):

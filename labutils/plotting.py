@@ -16,7 +16,17 @@ from PIL import Image
 
 
 def to_image(tensor: torch.Tensor, to_pil: bool = True):
-    """One image ``[C, H, W]`` in [-1, 1] -> PIL image (or a [0, 1] tensor with ``to_pil=False``)."""
+    """One image in [-1, 1] -> PIL image (or a [0, 1] tensor with ``to_pil=False``).
+
+    ``[C, H, W]`` (C = 1 or 3, e.g. a torchvision ``make_grid``) or a grey ``[H, W]`` (the
+    course's ``torch.squeeze(x_t)``).
+    """
+    tensor = torch.as_tensor(tensor)
+    if tensor.dim() == 2:
+        tensor = tensor[None]
+    if tensor.dim() != 3:
+        raise ValueError(f"to_image takes one image [C, H, W] or [H, W]; got shape "
+                         f"{tuple(tensor.shape)} (for a batch, pass x[0] or a make_grid)")
     tensor = ((tensor.detach().float().cpu() + 1) / 2).clamp(0, 1)
     if not to_pil:
         return tensor
@@ -24,8 +34,16 @@ def to_image(tensor: torch.Tensor, to_pil: bool = True):
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def show_tensor_image(image: torch.Tensor, ax=None) -> None:
-    """Draw the first image of a batch ``[B, C, H, W]`` (or one ``[C, H, W]``) on ``ax``."""
+def show_tensor_image(image, ax=None) -> None:
+    """Draw the first image of a batch ``[B, C, H, W]`` (or one ``[C, H, W]`` / ``[H, W]``) on ``ax``.
+
+    Like the course, it draws ``image[0]`` of a list too (``show_tensor_image([grid])``).
+    """
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("show_tensor_image got an empty list")
+        image = image[0]
+    image = torch.as_tensor(image)
     if image.dim() == 4:
         image = image[0]
     ax = ax or plt.gca()

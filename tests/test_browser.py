@@ -4,10 +4,11 @@ JupyterLab runs from this environment on 127.0.0.1, a free port and a random tok
 (``labutils.tools.jupyter.start_lab``, the code behind ``labutils lab``), serving copies of the
 notebooks under ``runs/browser-<time>/notebooks/`` so the tracked ones stay clean. For each
 notebook: open it, Run > Run All Cells, wait until every cell ran, save; no cell may have an
-error output and no widget may show "Error displaying widget". Lab 02: drag the t-slider, the
-picture must change. Labs 04 and 05: press Sample, change class / prompt and w, press Sample
-again, the picture must change. Screenshots, the executed notebooks, the figures and
-JupyterLab's log go to ``runs/browser-<time>/`` (``LABUTILS_BROWSER_RUN`` picks the folder).
+error output and no widget may show "Error displaying widget" (or ipywidgets' error box).
+Lab 02: drag the t-slider, the picture must change. Labs 04 and 05: press Sample, change
+class / prompt and w, press Sample again, the picture must change. Screenshots, the executed
+notebooks, the figures and JupyterLab's log go to ``runs/browser-<time>/``
+(``LABUTILS_BROWSER_RUN`` picks the folder).
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and ``playwright`` from PyPI (the
 ``test`` extra); Playwright never downloads a browser here. Without them these tests are
@@ -163,6 +164,7 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 ALL_RAN_JS = """() => {
+  if (document.querySelector('.jp-Dialog')) return true;   // a question: the caller reports it
   const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]
       .map(e => e.textContent.trim());
@@ -171,11 +173,23 @@ ALL_RAN_JS = """() => {
 }"""
 
 
+def _accept_kernel_choice(page) -> None:
+    """JupyterLab may ask which kernel to start; a person takes the proposed one (python3)."""
+    try:
+        page.get_by_text("Select Kernel", exact=True).wait_for(timeout=5_000)
+    except Exception:  # no question asked
+        return
+    page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True).click()
+
+
 def _run_all(page, timeout: float) -> None:
     """Run > Run All Cells, as a person would, then wait until no cell is queued or running."""
+    _accept_kernel_choice(page)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     page.wait_for_function(ALL_RAN_JS, timeout=timeout * 1000, polling=1000)
+    dialog = page.locator(".jp-Dialog")
+    assert dialog.count() == 0, f"JupyterLab asked: {dialog.first.inner_text()!r}"
 
 
 def _save_and_read(page, server, name: str):
@@ -192,6 +206,23 @@ def _errors(nb) -> list:
     return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
             for i, cell in enumerate(nb.cells) for o in cell.get("outputs", [])
             if o.get("output_type") == "error"]
+
+
+WIDGET_ERRORS_JS = """() => {
+  // ipywidgets shows "Error displaying widget[: model not found]" when the front end cannot
+  // build a view at all, and a .jupyter-widgets-error-widget box ("Click to show javascript
+  // error.") when a view throws.
+  const found = [...document.querySelectorAll('.jupyter-widgets-error-widget')]
+      .map(e => 'error widget: ' + e.textContent.trim().slice(0, 200));
+  for (const e of document.querySelectorAll('.jp-OutputArea-output')) {
+    if (e.textContent.includes('Error displaying widget')) found.push(e.textContent.trim());
+  }
+  return found;
+}"""
+
+
+def _widget_errors(page) -> list:
+    return page.evaluate(WIDGET_ERRORS_JS)
 
 
 def _labelled(page, scope, css: str, label: str):
@@ -216,16 +247,38 @@ def _loaded(img) -> bool:
     return bool(img.evaluate("i => i.complete && i.naturalWidth > 0"))
 
 
-def _changed_picture(img, before: bytes, timeout: float, what: str) -> bytes:
+DIGEST_JS = """async (img) => {
+  const data = await (await fetch(img.src)).arrayBuffer();
+  const hash = new Uint8Array(await crypto.subtle.digest('SHA-256', data));
+  return Array.from(hash, b => b.toString(16).padStart(2, '0')).join('');
+}"""
+
+
+def _picture(img) -> str:
+    """SHA-256 of the bytes the <img> shows (the widget's PNG), or "" while it has none."""
+    if not _loaded(img):
+        return ""
+    return img.evaluate(DIGEST_JS)
+
+
+def _changed_picture(img, before: str, timeout: float, what: str) -> str:
     def differs():
-        if not _loaded(img):
-            return None
-        shot = img.screenshot()
-        return shot if shot != before else None
+        now = _picture(img)
+        return now if now and now != before else None
     return _wait(differs, timeout, what, interval=1.0)
 
 
 # --- the tests ------------------------------------------------------------------------------------
+
+def test_a_missing_browser_skips_with_advice_but_fails_under_ci(monkeypatch):
+    monkeypatch.setitem(globals(), "_chromium", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        _require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        _require_browser()
+
 
 def test_api_answers_403_without_the_token(lab):
     assert lab.get("/api/contents") == 403
@@ -285,13 +338,13 @@ def test_notebook_runs_in_jupyterlab(lab, page, run_dir, notebook):
         page.screenshot(path=str(shots / f"{notebook.stem}-ran.png"), full_page=True)
         saved = _save_and_read(page, lab, name)
         assert not _errors(saved), f"{name} has error outputs: {_errors(saved)}"
-        assert page.get_by_text("Error displaying widget").count() == 0, \
-            f"a widget failed to render in {name} (see {shots})"
+        assert not _widget_errors(page), \
+            f"widgets failed to render in {name}: {_widget_errors(page)} (see {shots})"
         if name.startswith("02"):
             _check_t_slider(page, shots / notebook.stem)
         if name.startswith(("04", "05")):
             _check_explorer(page, shots / notebook.stem, prompt=name.startswith("05"))
-        assert page.get_by_text("Error displaying widget").count() == 0
+        assert not _widget_errors(page), f"after the interactions: {_widget_errors(page)}"
     finally:
         page.screenshot(path=str(shots / f"{notebook.stem}-end.png"))
         for session in _api(lab, "GET", "/api/sessions"):   # free the kernel's memory
@@ -305,7 +358,8 @@ def _check_t_slider(page, prefix: Path) -> None:
     box = slider.locator("xpath=ancestor::div[contains(@class, 'widget-vbox')][1]")
     img = box.locator("img").first
     _wait(lambda: _loaded(img), 60, "the q(x_0, t) picture")
-    before = img.screenshot(path=f"{prefix}-t-before.png")
+    img.screenshot(path=f"{prefix}-t-before.png")
+    before = _picture(img)
     handle = slider.locator("[role=slider]").first
     start = handle.get_attribute("aria-valuenow")
     _drag(page, slider, 0.7)
@@ -324,7 +378,8 @@ def _check_explorer(page, prefix: Path, prompt: bool) -> None:
         button.click()
         _wait(lambda: _loaded(img), SAMPLE_TIMEOUT_S, "the first Sample picture")
         _wait(lambda: button.is_enabled(), SAMPLE_TIMEOUT_S, "Sample to finish")
-        before = img.screenshot(path=f"{prefix}-explorer{k}-before.png")
+        img.screenshot(path=f"{prefix}-explorer{k}-before.png")
+        before = _picture(img)
 
         if prompt:
             field = _labelled(page, box, ".widget-text, .widget-combobox", "prompt")

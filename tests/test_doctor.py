@@ -49,3 +49,57 @@ def test_prepare_reports_failures_and_exits_non_zero(tmp_path, capsys):
     if Path("/usr/share/datasets/fashion-mnist").is_dir():  # copied, no internet needed
         assert "ok      Fashion-MNIST" in out
         assert len(list((tmp_path / "stage" / "fashion-mnist").glob("*.gz"))) == 4
+
+
+class _FakeGPU:
+    def __init__(self, name, major, minor):
+        self.name, self.major, self.minor, self.total_memory = name, major, minor, 80 * 2**30
+
+
+def _healthy_gpu_node(monkeypatch, gpu, driver=("550.54.15", (12, 4)), built="12.4"):
+    """A node whose torch can use its GPU and whose driver fits torch's CUDA (all mocked)."""
+    import torch
+
+    from labutils.tools import doctor
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: gpu)
+    monkeypatch.setattr(torch.version, "cuda", built)
+    monkeypatch.setattr(doctor, "driver_info", lambda: driver)
+
+
+def test_doctor_prints_the_wheel_line_on_a_healthy_gpu_node(monkeypatch, capsys):
+    _healthy_gpu_node(monkeypatch, _FakeGPU("NVIDIA H100 80GB HBM3", 9, 0))
+    assert run_doctor() == 0
+    out = capsys.readouterr().out
+    assert "CUDA usable: yes" in out and "supported by this driver" in out
+    assert ("torch build for this machine: pip install torch torchvision --index-url "
+            "https://download.pytorch.org/whl/cu124") in out
+    assert "compute capability 9.0, bf16 yes" in out
+    assert "too old" not in out
+
+
+def test_doctor_says_bf16_no_below_compute_capability_8(monkeypatch, capsys):
+    _healthy_gpu_node(monkeypatch, _FakeGPU("Tesla V100-SXM2-32GB", 7, 0))
+    run_doctor()
+    out = capsys.readouterr().out
+    assert "compute capability 7.0, bf16 no" in out
+    assert "index-url https://download.pytorch.org/whl/cu124" in out
+
+
+@pytest.mark.parametrize("driver, cuda, tag", [
+    ("525.60.13", (12, 0), "cu121"),    # minor-version compatibility, not cu118 (README's table)
+    ("535.104.05", (12, 2), "cu121"),
+    ("545.23.08", (12, 3), "cu121"),
+    ("525.60.13", None, "cu118"),       # no CUDA version printed: by the driver's version
+])
+def test_wheel_for_drivers_525_to_545(driver, cuda, tag):
+    assert wheel_for(driver, cuda) == tag
+
+
+def test_a_cuda_12_driver_is_told_it_also_runs_newer_12x_builds():
+    from labutils.tools.doctor import compatible_wheels
+    assert compatible_wheels("535.104.05", (12, 2)) == ["cu128", "cu126", "cu124", "cu121",
+                                                        "cu118"]
+    assert compatible_wheels("520.61.05", (11, 8)) == ["cu118"]
+    assert compatible_wheels(None, None) == []

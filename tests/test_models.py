@@ -10,7 +10,7 @@ from labutils import BasicUNet, SinusoidalPositionEmbedBlock, UNet, count_parame
 COURSE_MODELS = [
     ("01", lambda: BasicUNet(1, 16, (16, 32, 64)), 234_977),
     ("02", lambda: BasicUNet(1, 16, (16, 32, 64), T=150), 240_385),
-    ("03", lambda: UNet(150, 1, 16, (64, 64, 128), 8), 1_979_777),
+    ("03", lambda: UNet(150, 1, 16, (64, 64, 128), 8, None), 1_979_777),
     ("04A", lambda: UNet(150, 1, 16, (64, 64, 128), 8, 10), 2_002_561),
     ("04B", lambda: UNet(400, 3, 32, (256, 256, 512), 8, 3), 44_509_443),
     ("05", lambda: UNet(400, 3, 32, (256, 256, 512), 8, 512), 44_900_355),
@@ -36,7 +36,7 @@ def test_models_keep_image_shape():
     t = torch.tensor([0, 149])
     assert BasicUNet(1, 16, (16, 32, 64))(x).shape == x.shape
     assert BasicUNet(1, 16, (16, 32, 64), T=150)(x, t).shape == x.shape
-    assert UNet(150, 1, 16, (64, 64, 128), 8)(x, t).shape == x.shape
+    assert UNet(150, 1, 16, (64, 64, 128), 8, None)(x, t).shape == x.shape
     c = torch.eye(10)[:2]
     assert UNet(150, 1, 16, (64, 64, 128), 8, 10)(x, t, c, torch.ones_like(c)).shape == x.shape
 

@@ -25,7 +25,7 @@ from labutils.evaluation.metrics import conditional_accuracy
 from labutils.labs import Lab
 from labutils.training import train
 
-STEPS = 400
+STEPS = 300
 BATCH = 64
 W = 2.0
 PER_CLASS = 10

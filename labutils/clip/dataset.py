@@ -20,15 +20,18 @@ def default_cache_csv(encoder) -> Path:
 def load_flowers_with_clip(encoder, img_size: int = 32, data_dir=None, cache_csv=None,
                            max_images: Optional[int] = None, classes=FLOWER_CLASSES,
                            on_mismatch: str = "error",
-                           allow_fixture: Optional[bool] = None) -> TensorImageDataset:
+                           allow_fixture: Optional[bool] = None,
+                           keep_aspect: bool = True) -> TensorImageDataset:
     """Flowers ``[N, 3, S, S]`` in [-1, 1] whose labels are float32 CLIP embeddings ``[N, 512]``.
 
     The embeddings come from the CSV cache (encoded once; see :mod:`.cache`), so
     ``guided_ddpm_loss`` uses them as context unchanged. ``dataset.class_labels`` keeps the
-    class indices, ``dataset.cache_csv`` names the CSV.
+    class indices, ``dataset.cache_csv`` names the CSV. ``keep_aspect``: see
+    :func:`~labutils.data.flowers.load_flowers_tensors` (train with ``flowers_augment``).
     """
     data = load_flowers_tensors(img_size=img_size, data_dir=data_dir, classes=classes,
-                                max_images=max_images, allow_fixture=allow_fixture)
+                                max_images=max_images, allow_fixture=allow_fixture,
+                                keep_aspect=keep_aspect)
     csv_path = Path(cache_csv) if cache_csv is not None else default_cache_csv(encoder)
     embeddings = embedding_cache(csv_path, data.paths, encoder, on_mismatch=on_mismatch)
     out = TensorImageDataset(data.images, embeddings, data.classes, data.paths)

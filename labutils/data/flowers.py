@@ -7,9 +7,11 @@ photos come from, in order:
    :func:`prepare_flowers` (``labutils prepare``) builds from TensorFlow's ``flower_photos.tgz``;
 3. only under the ``ci`` profile: a small synthetic set of coloured shapes, announced loudly.
 
-The course pre-transforms once (Resize 32, ToTensor, scale to [-1, 1]) and augments per item
-(RandomCrop 32, RandomHorizontalFlip); here the augmentation runs per batch on the device
-(:func:`flowers_augment`).
+The course pre-transforms once (Resize 32: the *shorter* edge to 32, keeping the aspect;
+ToTensor; scale to [-1, 1]) and augments per item (RandomCrop 32, RandomHorizontalFlip). Here
+``load_flowers_tensors(..., keep_aspect=True)`` (what the labs use) keeps the aspect the same
+way, and :func:`flowers_augment` crops each image of a batch at its own random place and
+flips it, on the device. Square photos decode to exactly ``S x S``, as before.
 """
 from __future__ import annotations
 
@@ -128,17 +130,53 @@ def _centre_square(im: Image.Image) -> Image.Image:
     return im.crop((left, top, left + side, top + side))
 
 
-def _decode(path: Path, img_size: int) -> np.ndarray:
-    """One image file as ``[S, S, 3]`` uint8: RGB, shorter side resized to S, centre-cropped."""
+# With keep_aspect, the longer edge is kept up to this many times the shorter one (centre-cropped
+# beyond): TensorFlow's flower_photos are mostly 4:3 or 3:2; a rare panorama would otherwise
+# make every image's canvas (and the memory on the device) as wide as itself.
+MAX_ASPECT = 1.5
+
+
+def _fit_aspect(im: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """Centre-crop the longer edge to at most ``max_aspect`` times the shorter one."""
+    w, h = im.size
+    short = min(w, h)
+    long_max = int(short * max_aspect)
+    if max(w, h) <= long_max:
+        return im
+    if w > h:
+        left = (w - long_max) // 2
+        return im.crop((left, 0, left + long_max, h))
+    top = (h - long_max) // 2
+    return im.crop((0, top, w, top + long_max))
+
+
+def _decode(path: Path, img_size: int, keep_aspect: bool = False) -> np.ndarray:
+    """One image file as uint8 RGB ``[H, W, 3]`` with its shorter edge resized to S.
+
+    ``keep_aspect=False``: centre-cropped to ``[S, S, 3]``. ``keep_aspect=True`` (the course's
+    ``Resize(S)``): the aspect is kept, up to :data:`MAX_ASPECT`.
+    """
     with Image.open(path) as im:
         im.load()  # decode now, so a truncated file fails here
         im = _to_rgb(im)
+    im = _fit_aspect(im) if keep_aspect else _centre_square(im)
     w, h = im.size
     scale = img_size / min(w, h)
     # Pillow's bilinear resize antialiases when shrinking, like torchvision's Resize.
     im = im.resize((max(img_size, round(w * scale)), max(img_size, round(h * scale))),
                    Image.BILINEAR)
-    return np.asarray(_centre_square(im), dtype=np.uint8)
+    return np.asarray(im if keep_aspect else _centre_square(im), dtype=np.uint8)
+
+
+def _canvas(arrays: List[np.ndarray]) -> torch.Tensor:
+    """Images of different sizes as one float tensor ``[N, 3, M, M]`` in [-1, 1], each in the
+    top-left corner, NaN where it has no pixels (``M``: the largest edge; all ``S x S``: no NaN)."""
+    side = max(max(a.shape[0], a.shape[1]) for a in arrays)
+    out = torch.full((len(arrays), 3, side, side), float("nan"))
+    for i, a in enumerate(arrays):
+        h, w = a.shape[:2]
+        out[i, :, :h, :w] = torch.tensor(a).permute(2, 0, 1).float().div_(127.5).sub_(1)
+    return out.clamp_(-1, 1)
 
 
 def _warn_skipped(skipped: List[Tuple[Path, Exception]], where) -> None:
@@ -151,8 +189,14 @@ def _warn_skipped(skipped: List[Tuple[Path, Exception]], where) -> None:
 def load_flowers_tensors(img_size: int = 32, data_dir=None,
                          classes: Sequence[str] = FLOWER_CLASSES,
                          max_images: Optional[int] = None, allow_fixture: Optional[bool] = None,
-                         device=None) -> TensorImageDataset:
+                         device=None, keep_aspect: bool = False) -> TensorImageDataset:
     """The flower photos as a :class:`TensorImageDataset` in [-1, 1], ``[N, 3, S, S]``.
+
+    ``keep_aspect=True`` (the labs' training data, the course's ``Resize(S)`` before a
+    per-image ``RandomCrop(S)``): each photo keeps its aspect with the shorter edge S, in the
+    top-left corner of an ``[3, M, M]`` canvas (``M`` the longest edge, at most
+    ``MAX_ASPECT * S``) that is NaN outside the photo; :func:`flowers_augment` crops an
+    ``S x S`` window inside each photo at random. Square photos give ``M = S`` and no NaN.
 
     Labels index ``classes`` (course order: daisy, sunflowers, roses); ``dataset.paths`` names
     each image's file. ``max_images`` keeps a random subset (seed 0), balanced over the
@@ -188,7 +232,7 @@ def load_flowers_tensors(img_size: int = 32, data_dir=None,
         if max_images is not None and len(arrays) >= max_images:
             break
         try:
-            arrays.append(_decode(path, img_size))
+            arrays.append(_decode(path, img_size, keep_aspect))
         except _UNREADABLE as err:
             skipped.append((path, err))
             continue
@@ -200,8 +244,7 @@ def load_flowers_tensors(img_size: int = 32, data_dir=None,
     _check_every_class(classes, set(labels), per_class, skipped, directory, img_size,
                        max_images)
     order = sorted(range(len(labels)), key=lambda i: (labels[i], paths[i]))  # class order
-    images = torch.from_numpy(np.stack([arrays[i] for i in order])).permute(0, 3, 1, 2)
-    images = images.float().div_(127.5).sub_(1).clamp_(-1, 1)
+    images = _canvas([arrays[i] for i in order])
     dataset = TensorImageDataset(images, torch.tensor([labels[i] for i in order]),
                                  classes, [paths[i] for i in order])
     if device is not None:
@@ -243,10 +286,38 @@ def _check_every_class(classes, present, per_class, skipped, directory, img_size
     warnings.warn(message, stacklevel=3)
 
 
+def random_crop_each(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A ``size x size`` crop of every image of a batch, each at its own random place.
+
+    The course's per-item ``RandomCrop``. Each image may fill only the top-left part of ``x``
+    (NaN elsewhere, see ``load_flowers_tensors(keep_aspect=True)``): its crop stays inside it.
+    """
+    n, _, h, w = x.shape
+    if h == size and w == size:
+        return x
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {size}x{size} from {h}x{w} images")
+    valid = ~torch.isnan(x[:, 0])                           # [N, H, W]
+    heights = valid[:, :, 0].sum(1)                         # rows of each image
+    widths = valid[:, 0, :].sum(1)
+    if bool(((heights < size) | (widths < size)).any()):
+        raise ValueError(f"an image of the batch is smaller than the {size}x{size} crop")
+    top = (torch.rand(n, device=x.device) * (heights - size + 1)).long()
+    left = (torch.rand(n, device=x.device) * (widths - size + 1)).long()
+    offsets = torch.arange(size, device=x.device)
+    rows = (top[:, None] + offsets)[:, :, None]             # [N, S, 1]
+    cols = (left[:, None] + offsets)[:, None, :]            # [N, 1, S]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return x.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)   # [N, C, S, S]
+
+
 def flowers_augment(img_size: int = 32, padding: int = 0):
-    """Per-batch augmentation for ``BatchLoader(augment=...)``: random crop, then random flip."""
+    """Per-batch augmentation for ``BatchLoader(augment=...)``: the course's RandomCrop and
+    RandomHorizontalFlip, drawn for each image of the batch."""
     def augment(x: torch.Tensor) -> torch.Tensor:
-        return random_hflip(random_crop(x, img_size, padding))
+        if padding:   # reflect-pad first (square images only: no NaN canvas)
+            x = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
+        return random_hflip(random_crop_each(x, img_size))
     return augment
 
 
@@ -355,8 +426,9 @@ def prepare_flowers(dest="data/cropped_flowers", archive=None, url: str = FLOWER
 
     ``archive`` is a local copy of the archive; without it the archive is downloaded from
     ``url`` next to ``dest`` (kept, so a rerun does not download again). Only ``classes`` are
-    kept; each photo is centre-cropped to a square (and resized to ``size`` pixels, None keeps
-    the crop). ``dest`` appears complete or not at all: it is built in a temporary folder and
+    kept; each photo keeps its aspect (the longer edge centre-cropped to at most
+    :data:`MAX_ASPECT` times the shorter, so the training crop can still move) and its shorter
+    edge is resized to ``size`` pixels (None keeps the size). ``dest`` appears complete or not at all: it is built in a temporary folder and
     renamed. An existing complete ``dest`` is returned as it is.
     """
     dest = Path(dest)
@@ -391,12 +463,14 @@ def prepare_flowers(dest="data/cropped_flowers", archive=None, url: str = FLOWER
                 try:
                     with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
                         im.load()
-                        im = _centre_square(_to_rgb(im))
+                        im = _fit_aspect(_to_rgb(im))
                 except _UNREADABLE as err:
                     skipped.append((member.name, err))
                     continue
                 if size is not None:
-                    im = im.resize((size, size), Image.LANCZOS)
+                    scale = size / min(im.size)
+                    im = im.resize((max(size, round(im.width * scale)),
+                                    max(size, round(im.height * scale))), Image.LANCZOS)
                 out = tmp / cls / f"{name.stem}.jpg"
                 if out.exists():
                     out = tmp / cls / f"{name.stem}_{counts[cls]}.jpg"

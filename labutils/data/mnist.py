@@ -36,6 +36,10 @@ DOWNLOAD_DIR = project_dir() / "data"
 _LAYOUTS = (".", "MNIST/raw", "mnist")
 
 
+_ANNOUNCED = set()
+_FAILED_DOWNLOADS = {}
+
+
 class MnistStandInWarning(UserWarning):
     """No MNIST was found: Fashion-MNIST at 28x28 stands in for the digits."""
 
@@ -109,18 +113,21 @@ def find_mnist(data_dir=None, download: bool = True) -> Tuple[Optional[Path], st
         return found, str(found)
     tried.append(f"{DOWNLOAD_DIR}/MNIST/raw: missing")
     if download and os.environ.get("LABUTILS_MNIST_DOWNLOAD", "1").strip() not in ("0", "no"):
+        if _FAILED_DOWNLOADS.get(str(DOWNLOAD_DIR)):   # once per process is enough
+            tried.append(_FAILED_DOWNLOADS[str(DOWNLOAD_DIR)])
+            return None, "; ".join(tried)
         try:
             if _download(DOWNLOAD_DIR):
                 return _mnist_folder(DOWNLOAD_DIR), f"{DOWNLOAD_DIR} (downloaded)"
             tried.append("download: finished without the files")
         except Exception as err:  # offline, proxy, disk
             tried.append(f"download failed ({type(err).__name__})")
+        _FAILED_DOWNLOADS[str(DOWNLOAD_DIR)] = tried[-1]
     else:
         tried.append("download not attempted")
     return None, "; ".join(tried)
 
 
-_ANNOUNCED = set()
 
 
 def stand_in_note(why: str) -> str:

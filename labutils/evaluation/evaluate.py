@@ -17,7 +17,7 @@ import torch
 
 from ..config import ConfigError, seeded
 from ..diffusion import sample_w
-from .judges import Judge, get_judge
+from .judges import CI_TRAIN_IMAGES, Judge, get_judge
 from .metrics import (best_weight, class_histogram, conditional_accuracy, frechet_distance,
                       histogram_entropy, real_floor)
 
@@ -36,7 +36,9 @@ def class_prompts(classes: Sequence[str]) -> List[str]:
 
 def judge_for(lab, progress=print) -> Judge:
     """The judge of ``lab``'s data at its image size (trained once and cached)."""
-    judge = get_judge(lab.spec.data, lab.settings.img_size, lab.data_dir, progress=progress)
+    small = CI_TRAIN_IMAGES if lab.settings.profile == "ci" else None
+    judge = get_judge(lab.spec.data, lab.settings.img_size, lab.data_dir, max_train=small,
+                      progress=progress)
     if len(judge.classes) != len(lab.spec.classes):
         raise ConfigError(f"the judge knows {len(judge.classes)} classes, {lab.settings.lab} "
                           f"{len(lab.spec.classes)}")

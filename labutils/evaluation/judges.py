@@ -31,6 +31,7 @@ from ..data import TensorImageDataset, random_hflip
 from ..data.batches import random_crop
 
 JUDGE_VERSION = 1
+CI_TRAIN_IMAGES = 4000   # the ci profile's judges: a seeded subset, seconds to train
 FEATURE_DIM = 128
 ENV_DIR = "LABUTILS_JUDGE_DIR"
 
@@ -267,10 +268,11 @@ def _load(path: Path, data: JudgeData) -> Judge:
 
 def get_judge(data_key: str, img_size: int, data_dir=None, *, directory=None,
               splits: Optional[JudgeData] = None, recipe: Optional[Recipe] = None,
-              progress=print) -> Judge:
+              max_train: Optional[int] = None, progress=print) -> Judge:
     """The judge for ``data_key`` at ``img_size``: from the cache when its fingerprint matches
     the data found now, else trained (and cached). ``splits``/``recipe`` override the data and
-    the training (tests use tiny ones)."""
+    the training (tests use tiny ones); ``max_train`` trains on a seeded subset (the ``ci``
+    profile: a weaker judge, said in its source, that only checks the mechanics)."""
     from ..tools.checkpoint import save_atomic
     if splits is None:
         if data_key not in SPLITS:
@@ -278,11 +280,15 @@ def get_judge(data_key: str, img_size: int, data_dir=None, *, directory=None,
                                    f"{', '.join(SPLITS)}")
         splits = SPLITS[data_key](img_size, data_dir)
     recipe = recipe or RECIPES[data_key]
+    if max_train is not None and max_train < len(splits.train):
+        splits = dataclasses.replace(
+            splits, train=splits.train.subset(max_train, seed=0),
+            source=f"{splits.source}, {max_train}-image training subset (ci)")
     if splits.train.images.shape[-1] != img_size:
         raise ValueError(f"judge data is {splits.train.images.shape[-1]}px, asked for {img_size}")
     fp = fingerprint(splits)
     folder = Path(directory) if directory is not None else cache_dir()
-    stem = f"{data_key}-{img_size}px-v{JUDGE_VERSION}"
+    stem = f"{data_key}-{img_size}px-v{JUDGE_VERSION}" + (f"-sub{max_train}" if max_train else "")
     path = folder / f"{stem}-{fp[:16]}.pt"
     if path.is_file():
         try:
@@ -301,7 +307,7 @@ def get_judge(data_key: str, img_size: int, data_dir=None, *, directory=None,
     try:
         save_atomic({"format": 1, "meta": judge.meta, "model": judge.net.state_dict()}, path)
         for old in folder.glob(f"{stem}-*.pt"):   # judges of data that changed
-            if old != path:
+            if old != path and len(old.name) == len(path.name):   # not a -subN judge
                 old.unlink(missing_ok=True)
     except OSError as err:
         if progress:

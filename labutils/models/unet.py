@@ -16,6 +16,7 @@ from torch import nn
 from .blocks import (BasicDownBlock, BasicUpBlock, ConvBNReLU, DenseBottleneck, DownBlock,
                      EmbedBlock, GELUConvBlock, ResidualConvBlock, SinusoidalPositionEmbedBlock,
                      UpBlock)
+from .compat import register_course_loading
 
 
 def _check_size(img_size: int, levels: int) -> int:
@@ -30,6 +31,8 @@ class BasicUNet(nn.Module):
 
     Lab 01 builds the dense bottleneck but does not use it in ``forward`` (a quirk of the
     course that its parameter count, 234,977, includes); lab 02 uses it.
+    ``load_state_dict`` also takes a state dict of the course's notebook ``UNet`` (see
+    :mod:`labutils.models.compat`).
     """
 
     def __init__(self, img_ch: int = 1, img_size: int = 16,
@@ -52,6 +55,7 @@ class BasicUNet(nn.Module):
         self.up2 = BasicUpBlock(up_chs[1], up_chs[2])
         self.out = nn.Sequential(ConvBNReLU(up_chs[-1], up_chs[-1]),
                                  nn.Conv2d(up_chs[-1], img_ch, 3, 1, 1))
+        register_course_loading(self)
 
     def forward(self, x: torch.Tensor, t: Optional[torch.Tensor] = None) -> torch.Tensor:
         down0 = self.down0(x)
@@ -75,9 +79,13 @@ class BasicUNet(nn.Module):
 class UNet(nn.Module):
     """The course's optimised U-Net: ``UNet(T, img_ch, img_size, down_chs, t_embed_dim, c_embed_dim)``.
 
-    With ``c_embed_dim=None`` (lab 03) it has no context input. With context, the context
-    vector ``c`` is multiplied by ``c_mask`` (0 drops it: classifier-free guidance) and enters
-    as ``c_emb * up + t_emb`` before each up block.
+    ``c_embed_dim`` defaults to 10, as in the course's ``UNet_utils`` (lab 04's 10 classes);
+    ``c_embed_dim=None`` (lab 03) builds it without context input. With context, the context
+    rows ``c`` ``[N, c_embed_dim]`` are multiplied by ``c_mask`` (0 drops them: classifier-free
+    guidance) and enter as ``c_emb * up + t_emb`` before each up block.
+    ``load_state_dict`` also takes a state dict saved from the course's ``UNet_utils.UNet``
+    (or lab 03's notebook U-Net, or either after ``torch.compile``); see
+    :mod:`labutils.models.compat`.
     """
 
     small_group_size = 8
@@ -85,7 +93,7 @@ class UNet(nn.Module):
 
     def __init__(self, T: int, img_ch: int, img_size: int,
                  down_chs: Sequence[int] = (64, 64, 128), t_embed_dim: int = 8,
-                 c_embed_dim: Optional[int] = None):
+                 c_embed_dim: Optional[int] = 10):
         super().__init__()
         self.T, self.c_embed_dim = T, c_embed_dim
         up_chs = tuple(down_chs[::-1])
@@ -112,6 +120,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             nn.Conv2d(2 * up_chs[-1], up_chs[-1], 3, 1, 1), nn.GroupNorm(small, up_chs[-1]),
             nn.ReLU(), nn.Conv2d(up_chs[-1], img_ch, 3, 1, 1))
+        register_course_loading(self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: Optional[torch.Tensor] = None,
                 c_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -129,7 +138,13 @@ class UNet(nn.Module):
             up2 = self.up2(up1 + t_emb2, down1)
         else:
             if c is None:
-                raise TypeError("this U-Net takes context: call model(x, t, c, c_mask)")
+                raise TypeError("this U-Net takes context: call model(x, t, c, c_mask) "
+                                "(build it with c_embed_dim=None for none)")
+            if c.dim() != 2 or c.shape[1] != self.c_embed_dim:
+                raise ValueError(
+                    f"context c must be rows [N, {self.c_embed_dim}], got shape "
+                    f"{tuple(c.shape)}; one-hot class labels first: c, c_mask = "
+                    f"get_context_mask(labels, drop_prob, n_classes={self.c_embed_dim})")
             c = c.float() if c_mask is None else c.float() * c_mask
             up1 = self.up1(self.c_embed1(c) * up0 + t_emb1, down2)
             up2 = self.up2(self.c_embed2(c) * up1 + t_emb2, down1)

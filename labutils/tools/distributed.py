@@ -32,6 +32,8 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     _main_first_calls: int = dataclasses.field(default=0, repr=False)
+    # CPU tensors' collectives (gloo): the default group when that is gloo, else a second one.
+    control_group: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -69,11 +71,12 @@ class DistContext:
 
     def agree(self, *flags: bool) -> tuple:
         """Each flag true on every rank when it is true on at least one: one collective for all
-        (and one host sync on a GPU), where :meth:`any` would take one per flag."""
+        flags, over the CPU (gloo) control group: the GPU is never waited for, so the training
+        loop can ask every step ("stop now?", "checkpoint due?")."""
         if not self.enabled:
             return tuple(bool(f) for f in flags)
-        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control_group)
         return tuple(bool(v) for v in t.tolist())
 
     def barrier(self) -> None:
@@ -139,7 +142,12 @@ def init(device: Optional[str] = None) -> DistContext:
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(**process_group_kwargs(backend, dev))
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    # Small decisions (stop? save?) travel over gloo on the CPU: no GPU sync for them.
+    control = (dist.new_group(backend="gloo",
+                              timeout=datetime.timedelta(seconds=collective_timeout_s()))
+               if dist.get_backend() != "gloo" else None)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
+                       control_group=control)
 
 
 # Seconds a collective may wait before NCCL/gloo give up (NCCL's default is 10 minutes). Rank 0

@@ -58,21 +58,45 @@ COMPAT_MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
 def wheel_for(driver: Optional[str], driver_cuda: Optional[Tuple[int, int]]) -> str:
     """The torch wheel tag to install for this driver (``cpu`` without one).
 
-    The newest build whose CUDA the driver supports outright; failing that, the oldest build of
-    the driver's CUDA major, which runs through minor-version compatibility.
+    A build of the driver's own CUDA major version: the newest one the driver supports outright,
+    else the oldest one of that major, which runs through CUDA minor-version compatibility (a
+    CUDA 12.0 driver >= 525.60.13 runs every cu12x build; README's table). A driver of an older
+    major (CUDA 10) gets ``cpu``.
     """
     if driver is None and driver_cuda is None:
         return "cpu"
-    for tag, cuda, min_driver in WHEELS:
-        if driver_cuda is not None and cuda <= driver_cuda:
+    if driver_cuda is None:   # no "CUDA Version" in nvidia-smi: go by the driver's version
+        for tag, cuda, min_driver in WHEELS:
+            if driver and _version_tuple(driver) >= _version_tuple(min_driver):
+                return tag
+        return "cpu"
+    major = driver_cuda[0]
+    same_major = [(tag, cuda) for tag, cuda, _ in WHEELS if cuda[0] == major]
+    for tag, cuda in same_major:
+        if cuda <= driver_cuda:
             return tag
-        if driver_cuda is None and driver and _version_tuple(driver) >= _version_tuple(min_driver):
-            return tag
-    major = driver_cuda[0] if driver_cuda else None
-    same_major = [tag for tag, cuda, _ in WHEELS if cuda[0] == major]
-    if same_major and driver and _version_tuple(driver) >= _version_tuple(COMPAT_MIN_DRIVER[major]):
-        return same_major[-1]
-    return "cpu"
+    compat = COMPAT_MIN_DRIVER.get(major)
+    if same_major and driver and compat and _version_tuple(driver) >= _version_tuple(compat):
+        return same_major[-1][0]
+    older = [tag for tag, cuda, _ in WHEELS if cuda <= driver_cuda]
+    return older[0] if older else "cpu"
+
+
+def compatible_wheels(driver: Optional[str], driver_cuda: Optional[Tuple[int, int]]) -> List[str]:
+    """Every build tag this driver runs, newest first: its own CUDA and older, plus the newer
+    builds of its major through minor-version compatibility (driver >= the major's minimum)."""
+    if driver_cuda is None:
+        return []
+    compat = COMPAT_MIN_DRIVER.get(driver_cuda[0])
+    minor_ok = bool(driver and compat and _version_tuple(driver) >= _version_tuple(compat))
+    return [tag for tag, cuda, _ in WHEELS
+            if cuda <= driver_cuda or (minor_ok and cuda[0] == driver_cuda[0])]
+
+
+def wheel_line(driver: Optional[str], driver_cuda: Optional[Tuple[int, int]]) -> str:
+    """The install command of the torch build that fits this driver (``cpu`` without one)."""
+    tag = wheel_for(driver, driver_cuda)
+    return f"pip install torch torchvision --index-url {INDEX_URL.format(tag=tag)}"
 
 
 def torch_build_supported(built_cuda: str, driver: Optional[str],
@@ -139,7 +163,7 @@ def _clip_weights() -> Tuple[bool, str]:
 def run_doctor(data_dir: Optional[str] = None) -> int:
     import torch
 
-    from ..config import cpu_flags, cpu_supports_bf16
+    from ..config import MIN_BF16_CAPABILITY, cpu_flags, cpu_supports_bf16
     advice: List[str] = []
 
     _section("Python")
@@ -156,7 +180,9 @@ def run_doctor(data_dir: Optional[str] = None) -> int:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             print(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability "
-                  f"{p.major}.{p.minor}, bf16 {'yes' if p.major >= 8 else 'no'}")
+                  f"{p.major}.{p.minor}, bf16 "
+                  + ("yes (bf16 autocast on)" if (p.major, p.minor) >= MIN_BF16_CAPABILITY
+                     else "no: emulated below compute capability 8.0 (fp32)"))
     else:
         print("none visible to torch")
 
@@ -164,6 +190,8 @@ def run_doctor(data_dir: Optional[str] = None) -> int:
     driver, driver_cuda = driver_info()
     if driver is None:
         print("nvidia-smi not found or failed: no NVIDIA driver here")
+        if usable:
+            print("torch sees a GPU, though: the driver's CUDA version is unknown")
     else:
         cuda_text = f"{driver_cuda[0]}.{driver_cuda[1]}" if driver_cuda else "unknown"
         print(f"driver {driver}, supports CUDA up to {cuda_text}")
@@ -175,6 +203,18 @@ def run_doctor(data_dir: Optional[str] = None) -> int:
                 advice.append(f"this driver ({driver}, CUDA {cuda_text}) is too old for torch's "
                               f"CUDA {built_cuda}: pip install torch torchvision --index-url "
                               f"{INDEX_URL.format(tag=tag)}")
+    # Always, healthy node or not: the build that fits this driver (README's table).
+    if driver is None and usable and built_cuda:   # GPU usable, nvidia-smi missing
+        tag = "cu" + "".join(built_cuda.split(".")[:2])
+        print(f"torch build for this machine (the one installed works): pip install torch "
+              f"torchvision --index-url {INDEX_URL.format(tag=tag)}")
+    else:
+        print(f"torch build for this machine: {wheel_line(driver, driver_cuda)}")
+    also = [t for t in compatible_wheels(driver, driver_cuda)
+            if t != wheel_for(driver, driver_cuda)]
+    if also:
+        print(f"  this driver also runs: {', '.join(also)} (newer torch releases drop old "
+              "builds; pick one your torch release is published for)")
     if driver is not None and not usable and not advice:
         tag = wheel_for(driver, driver_cuda)
         advice.append("a driver is present but torch cannot use a GPU"

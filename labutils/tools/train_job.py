@@ -40,9 +40,6 @@ FINITE_CHECK_EVERY = 50   # steps between checks of the weights for NaN/inf (and
 # one every 15 min costs about 0.2% of the run; the Fashion-MNIST labs' are 3-24 MB.
 CHECKPOINT_MINUTES = {"flowers-cfg": 15.0, "flowers-clip": 15.0}
 DEFAULT_CHECKPOINT_MINUTES = 5.0
-# Under torchrun, steps between the collective that agrees on "stop now (a signal)?" and "a
-# checkpoint is due by time?": each one waits for the GPU, so not every step.
-AGREE_EVERY = 10
 
 
 class NonFiniteWeightsError(FloatingPointError):
@@ -384,12 +381,13 @@ class TrainJob:
             self.ema.update(self.model)
         every = self.args.checkpoint_every
         due = bool(every) and step % every == 0
-        if not self.ctx.enabled or step % AGREE_EVERY == 0:
-            timed = (self.checkpoint_seconds > 0
-                     and time.monotonic() - self.last_save >= self.checkpoint_seconds)
-            signalled = self.stop is not None and self.stop.signum is not None
-            self.stopping, timed = self.ctx.agree(signalled, timed)
-            due = due or timed
+        timed = (self.checkpoint_seconds > 0
+                 and time.monotonic() - self.last_save >= self.checkpoint_seconds)
+        signalled = self.stop is not None and self.stop.signum is not None
+        # One CPU-side collective under torchrun (no GPU sync): every rank stops and saves at
+        # the same step.
+        self.stopping, timed = self.ctx.agree(signalled, timed)
+        due = due or timed
         if self.stopping:
             return             # run() saves this step once the loop has stopped
         if due:
@@ -398,8 +396,9 @@ class TrainJob:
             self.check_finite(step, "periodic check")
 
     def on_epoch_end(self, epoch: int, step: int) -> None:
+        # The course's epochs: 0, every, 2 * every, ... and the last one.
         every = self.sample_every
-        if every and ((epoch + 1) % every == 0 or epoch + 1 == self.settings.epochs):
+        if every and (epoch % every == 0 or epoch + 1 == self.settings.epochs):
             self.draw(epoch)
 
     # --- the run ---------------------------------------------------------------------------------
