@@ -649,3 +649,32 @@ def test_every_lab_notebook_asserts_its_course_parameter_counts(lab):
     asserts = re.findall(r"^\s*assert count_parameters\((\w+)\) == (\w+)\.params", code, re.M)
     assert len(asserts) >= EXPECTED_COUNT_ASSERTS[lab], f"{path.name}: {asserts}"
     assert "Num params" in code
+
+
+# --- fidelity: `labutils train` draws sample grids at the course's epochs ------------------------------
+
+def test_train_job_draws_grids_at_epochs_0_5_10_and_the_last():
+    """The course: ``if epoch % 5 == 0 or epoch == int(epochs - 1)`` (100 epochs: 0, 5, ..., 95, 99)."""
+    from types import SimpleNamespace
+    from labutils.tools.train_job import TrainJob
+    drawn = []
+    job = SimpleNamespace(sample_every=5, settings=SimpleNamespace(epochs=100), draw=drawn.append)
+    for epoch in range(100):
+        TrainJob.on_epoch_end(job, epoch, step=epoch)
+    assert drawn == list(range(0, 100, 5)) + [99]
+    drawn.clear()
+    job.sample_every = 0                                    # --sample-every 0: none
+    for epoch in range(3):
+        TrainJob.on_epoch_end(job, epoch, step=epoch)
+    assert drawn == []
+
+
+def test_profiles_keep_the_course_learning_rates():
+    """README: a profile never changes an architecture, T or a learning rate."""
+    from labutils.config import LABS, PROFILES, lab_settings
+    for lab in LABS:
+        full = lab_settings(lab, "full")
+        for profile in PROFILES:
+            s = lab_settings(lab, profile)
+            assert (s.lr, s.T, s.img_size, s.img_ch) == (full.lr, full.T, full.img_size, full.img_ch), \
+                (lab, profile)
