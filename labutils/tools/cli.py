@@ -3,6 +3,7 @@
 Subcommands: ``run-labs`` (execute the notebooks), ``lab`` (JupyterLab on 127.0.0.1 with
 a token, and the SSH tunnel command to reach it), ``train`` (one lab as a batch job, with
 checkpoints, resume and torchrun multi-GPU), ``sample`` (grids and GIFs from a checkpoint),
+``eval`` (a checkpoint's samples scored by an offline judge),
 ``doctor`` (what this machine has, what to install) and ``prepare`` (stage data and weights
 for offline compute nodes).
 
