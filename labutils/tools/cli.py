@@ -4,6 +4,7 @@ Subcommands: ``run-labs`` (execute the notebooks), ``lab`` (JupyterLab on 127.0.
 a token, and the SSH tunnel command to reach it), ``train`` (one lab as a batch job, with
 checkpoints, resume and torchrun multi-GPU), ``sample`` (grids and GIFs from a checkpoint),
 ``eval`` (a checkpoint's samples scored by an offline judge),
+``exercises`` (the learner edition of the notebooks, exercises as ``FIXME``),
 ``doctor`` (what this machine has, what to install) and ``prepare`` (stage data and weights
 for offline compute nodes).
 
@@ -182,6 +183,11 @@ def _cmd_run_labs(args) -> int:
     return 0
 
 
+def _cmd_exercises(args) -> int:
+    from .exercises import run_exercises
+    return run_exercises(args.out_dir, args.notebooks, args.labs)
+
+
 def _cmd_lab(args) -> int:
     from .jupyter import run_lab
     return run_lab(ip=args.ip, port=args.port, root=args.notebooks, login=args.login,
@@ -331,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_int_at_least(1, "--steps"), default=5)
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "exercises", help="write the learner edition of the notebooks (exercises as FIXME)",
+        description="Write the learner edition of the lab notebooks into OUT_DIR: every region "
+                    "from '# BEGIN EXERCISE' to '# END EXERCISE' becomes its '# LEARNER: ' lines "
+                    "(or one 'FIXME' line), outputs cleared. The checkout's notebooks are the "
+                    "solutions and are never changed (see notebooks/README.md).")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write the notebooks to")
+    p.add_argument("--labs", nargs="*", help="only these notebooks, by number prefix (01 02 ...)")
+    p.add_argument("--notebooks", type=Path,
+                   help="the solution notebooks (default: the checkout's notebooks/)")
+    p.set_defaults(func=_cmd_exercises)
 
     p = sub.add_parser("doctor", help="report Python, torch, GPUs, driver, CPU, data; advise")
     p.add_argument("--data-dir", help="data folder to check (default LABUTILS_DATA_DIR or data/)")
