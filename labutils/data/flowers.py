@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..config import get_profile, project_dir
-from .batches import TensorImageDataset, random_crop, random_hflip
+from .batches import TensorImageDataset, random_hflip
 from .fashion_mnist import DataNotFoundError
 
 FLOWER_CLASSES = ["daisy", "sunflowers", "roses"]

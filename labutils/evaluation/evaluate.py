@@ -10,7 +10,6 @@ Frechet distances come with the sample count and the real-vs-real floor at that 
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch

@@ -55,7 +55,6 @@ def _flat(seq: nn.Module, ours: str, course: str, out: Dict[str, str]) -> None:
 
 
 def _walk(module: nn.Module, ours: str, course: str, out: Dict[str, str]) -> None:
-    from .unet import BasicUNet
     _own(module, ours, course, out)
     if isinstance(module, (GELUConvBlock, DownBlock)):      # course: layers in .model
         for name, child in module.named_children():
@@ -66,9 +65,9 @@ def _walk(module: nn.Module, ours: str, course: str, out: Dict[str, str]) -> Non
         _flat(module, ours, f"{course}model.", out)
     elif isinstance(module, BasicUpBlock):
         _flat(module.model, f"{ours}model.", f"{course}model.", out)
-    elif isinstance(module, BasicUNet):
+    elif getattr(module, "course_flat_children", ()):   # BasicUNet: Sequentials kept flat
         for name, child in module.named_children():
-            if name in ("up0", "out"):
+            if name in module.course_flat_children:
                 _flat(child, f"{ours}{name}.", f"{course}{name}.", out)
             else:
                 _walk(child, f"{ours}{name}.", f"{course}{name}.", out)
@@ -89,10 +88,7 @@ def course_key_map(model: nn.Module) -> Dict[str, str]:
 
 def _aliases(model: nn.Module) -> Dict[str, str]:
     """Other course names of the same weights: lab 03's notebook U-Net says temb_1, temb_2."""
-    from .unet import UNet
-    if isinstance(model, UNet):
-        return {"temb_1.": "t_emb1.", "temb_2.": "t_emb2."}
-    return {}
+    return dict(getattr(model, "course_aliases", {}))
 
 
 def _course_to_ours(model: nn.Module) -> Dict[str, str]:

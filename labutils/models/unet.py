@@ -34,6 +34,8 @@ class BasicUNet(nn.Module):
     ``load_state_dict`` also takes a state dict of the course's notebook ``UNet`` (see
     :mod:`labutils.models.compat`).
     """
+    # Course state dicts (models/compat.py): these children are flat Sequentials there.
+    course_flat_children = ("up0", "out")
 
     def __init__(self, img_ch: int = 1, img_size: int = 16,
                  down_chs: Sequence[int] = (16, 32, 64), T: Optional[int] = None):
@@ -87,6 +89,8 @@ class UNet(nn.Module):
     (or lab 03's notebook U-Net, or either after ``torch.compile``); see
     :mod:`labutils.models.compat`.
     """
+    # Course state dicts (models/compat.py): lab 03's notebook names the time embeddings so.
+    course_aliases = {"temb_1.": "t_emb1.", "temb_2.": "t_emb2."}
 
     small_group_size = 8
     big_group_size = 32

@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -258,3 +259,20 @@ class CheckpointDir:
             for p in self.directory.glob(".ckpt-step*.tmp"):
                 with contextlib.suppress(OSError):
                     p.unlink()
+
+
+def find_checkpoint(source, command: str = "eval"):
+    """``(path, state, run_folder)`` for a checkpoint file or a run folder (its newest one)."""
+    source = Path(source)
+    if source.is_dir():
+        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+        found = CheckpointDir(folder).latest(
+            report=lambda m: print(f"labutils {command}: {m}", file=sys.stderr))
+        if found is None:
+            raise CheckpointError(f"no checkpoint in {folder}")
+        path, state = found
+    else:
+        path, state = source, load_checkpoint(source)
+    path = Path(path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path, state, run

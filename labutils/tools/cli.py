@@ -82,8 +82,8 @@ def _cmd_eval(args) -> int:
 
 def _cmd_sample(args) -> int:
     from ..config import LabSettings, get_device
-    from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint
-    from .files import check_writable, grid_scale, image_format, save_png
+    from .checkpoint import find_checkpoint
+    from .files import check_writable, image_format
 
     # Every output is checked before any work: a bad --gif must not cost the sampled grid.
     check_writable(args.out, "--out")
@@ -93,16 +93,7 @@ def _cmd_sample(args) -> int:
             raise ConfigError(f"--gif {args.gif}: the name must end in .gif")
         check_writable(args.gif, "--gif")
     device = get_device(args.device)
-    source = Path(args.checkpoint)
-    if source.is_dir():
-        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
-        found = CheckpointDir(folder).latest(
-            report=lambda m: print(f"labutils sample: {m}", file=sys.stderr))
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {folder}")
-        path, state = found
-    else:
-        path, state = source, load_checkpoint(source)
+    path, state, _ = find_checkpoint(args.checkpoint, "sample")
     settings = LabSettings(**state["settings"])
     return _sample_from(args, settings, path, state, device, out_format)
 

@@ -13,25 +13,8 @@ from pathlib import Path
 
 from ..config import ConfigError, LabSettings, get_device
 from ..ema import load_for_sampling
-from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint
+from .checkpoint import find_checkpoint
 from .files import check_writable, write_text_atomic
-
-
-def find_checkpoint(source, command: str = "eval"):
-    """``(path, state, run_folder)`` for a checkpoint file or a run folder (its newest one)."""
-    source = Path(source)
-    if source.is_dir():
-        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
-        found = CheckpointDir(folder).latest(
-            report=lambda m: print(f"labutils {command}: {m}", file=sys.stderr))
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {folder}")
-        path, state = found
-    else:
-        path, state = source, load_checkpoint(source)
-    path = Path(path)
-    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return path, state, run
 
 
 def run_eval(args) -> int:
