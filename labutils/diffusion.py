@@ -3,6 +3,11 @@
 ``q`` noises a clean image to step ``t`` in one jump; ``reverse_q`` takes one denoising step
 given the model's noise estimate; ``sample`` runs the whole reverse chain; ``sample_w`` runs it
 with classifier-free guidance for several guidance weights at once.
+
+A sampler is a schedule object with ``T``, ``model_t`` and ``reverse_q``: :class:`DDPM` (the
+course's ancestral sampler, optionally ``respaced`` to fewer steps) or :class:`DDIM` (Song et
+al., 2021: deterministic by default, so 50 steps do what DDPM needs hundreds for). Both plug
+into ``sample`` and ``sample_w`` unchanged; :data:`SAMPLERS` names them for the CLI.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .config import autocast
 from .context import as_context
 from .modules import evaluating
 
@@ -67,7 +73,17 @@ class DDPM:
         keep = torch.linspace(0, self.T - 1, n_steps, device=self.device).round().long()
         a_bar = self.a_bar[keep]
         prev = torch.cat((torch.ones(1, device=self.device), a_bar[:-1]))
-        return DDPM(1 - a_bar / prev, self.device, model_t=self.model_t[keep])
+        return self._with_schedule(1 - a_bar / prev, self.model_t[keep])
+
+    def _with_schedule(self, B: torch.Tensor, model_t: torch.Tensor) -> "DDPM":
+        """A sampler of this kind over other betas (subclasses keep their own options)."""
+        return DDPM(B, self.device, model_t=model_t)
+
+    def ddim(self, n_steps: Optional[int] = None, eta: float = 0.0) -> "DDIM":
+        """A :class:`DDIM` sampler over ``n_steps`` evenly spaced steps of this schedule
+        (default: all of them)."""
+        short = self.respaced(n_steps) if n_steps else self
+        return DDIM(short.B, self.device, model_t=short.model_t, eta=eta)
 
     def timesteps(self, n: int) -> torch.Tensor:
         """``n`` training timesteps drawn uniformly from ``[0, T)``."""
@@ -103,18 +119,23 @@ class DDPM:
         sigma = torch.sqrt(_per_sample(self.B, (t - 1).clamp(min=0), x_t)) * noisy
         return u_t + sigma * torch.randn_like(x_t)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(self, model, shape: Sequence[int], *model_args, store_every: int = 0,
-               progress: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+               progress: bool = False, bf16: Optional[bool] = None
+               ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run the reverse chain from pure noise: ``(x_0, [x_t every store_every steps])``.
 
-        The model runs in eval mode (its previous mode is restored afterwards)."""
+        The model runs in eval mode (its previous mode is restored afterwards), under bf16
+        autocast where the device has native bf16 (``bf16=`` forces it on or off); the chain
+        itself stays in fp32."""
         x_t = torch.randn(tuple(shape), device=self.device)
         store = []
         with evaluating(model):
             for i in _steps(self.T, progress):
                 t = torch.full((x_t.shape[0],), i, device=self.device)
-                x_t = self.reverse_q(x_t, t, model(x_t, self.model_t[t], *model_args))
+                with autocast(self.device, bf16):
+                    e_t = model(x_t, self.model_t[t], *model_args)
+                x_t = self.reverse_q(x_t, t, e_t)
                 if store_every and (i % store_every == 0):
                     store.append(x_t.cpu())
         return x_t, store
@@ -129,6 +150,71 @@ class DDPM:
                                  store_every=stride)
         plot_trajectory(store, axis_on=axis_on, save_path=save_path)
         return x_0
+
+
+class DDIM(DDPM):
+    """The DDIM sampler (Song, Meng & Ermon, 2021) over a DDPM schedule, usually a short one.
+
+    Same trained model, same marginals ``a_bar``; each step predicts ``x_0`` from the noise
+    estimate and moves to the previous kept step along it. ``eta = 0`` (the default) is
+    deterministic: the same starting noise gives the same image; ``eta = 1`` adds as much
+    noise as DDPM does. The predicted ``x_0`` is clipped to the data's range [-1, 1] when
+    ``clip_x0`` (as diffusers' DDIM does), which keeps large guidance weights in range.
+    Build one with ``DDPM.ddim(n_steps, eta)``.
+    """
+
+    def __init__(self, B: torch.Tensor, device=None, model_t: Optional[torch.Tensor] = None,
+                 eta: float = 0.0, clip_x0: bool = True):
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        super().__init__(B, device, model_t)
+        self.eta, self.clip_x0 = float(eta), clip_x0
+        self.a_bar_prev = torch.cat((torch.ones(1, device=self.device), self.a_bar[:-1]))
+
+    def _with_schedule(self, B: torch.Tensor, model_t: torch.Tensor) -> "DDIM":
+        return DDIM(B, self.device, model_t=model_t, eta=self.eta, clip_x0=self.clip_x0)
+
+    @torch.no_grad()
+    def reverse_q(self, x_t: torch.Tensor, t: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        """One DDIM step from step ``t`` to the kept step before it (to ``x_0`` at ``t == 0``)."""
+        t = t.reshape(-1).long()
+        e_t = e_t.to(x_t.dtype)
+        a_t = _per_sample(self.a_bar, t, x_t)
+        a_prev = _per_sample(self.a_bar_prev, t, x_t)
+        x_0 = (x_t - torch.sqrt(1 - a_t) * e_t) / torch.sqrt(a_t)
+        if self.clip_x0:
+            x_0 = x_0.clamp(-1, 1)
+            e_t = (x_t - torch.sqrt(a_t) * x_0) / torch.sqrt(1 - a_t)   # consistent with x_0
+        x_prev = torch.sqrt(a_prev) * x_0
+        if self.eta == 0:
+            return x_prev + torch.sqrt(1 - a_prev) * e_t
+        # sigma is 0 at the last step (a_prev = 1), so no noise is added to x_0.
+        sigma = self.eta * torch.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        return (x_prev + torch.sqrt((1 - a_prev - sigma ** 2).clamp(min=0)) * e_t
+                + sigma * torch.randn_like(x_t))
+
+
+def _ddpm_sampler(ddpm: DDPM, steps: Optional[int], eta: float) -> DDPM:
+    if eta:
+        raise ValueError("eta applies to the DDIM sampler only (DDPM's noise is fixed)")
+    return ddpm.respaced(steps) if steps else ddpm
+
+
+# The samplers by name (``labutils sample --sampler``): (schedule, steps, eta) -> sampler.
+SAMPLERS = {
+    "ddpm": _ddpm_sampler,
+    "ddim": lambda ddpm, steps, eta: ddpm.ddim(steps, eta),
+}
+
+
+def make_sampler(ddpm: DDPM, kind: str = "ddpm", steps: Optional[int] = None,
+                 eta: float = 0.0) -> DDPM:
+    """The sampler ``kind`` (a key of :data:`SAMPLERS`) over ``steps`` steps of ``ddpm``."""
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}; valid samplers: {', '.join(SAMPLERS)}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"sampling steps must be at least 1, got {steps}")
+    return SAMPLERS[kind](ddpm, steps, eta)
 
 
 def _steps(T: int, progress: bool) -> Iterable[int]:
@@ -178,15 +264,18 @@ def guided_noise(model, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
     return (1 + w) * e_keep - w * e_drop
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_w(model, ddpm: DDPM, input_size: Sequence[int], T: int, c: torch.Tensor, device,
              w_tests: Optional[Sequence[float]] = None, store_freq: int = 10,
-             progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+             progress: bool = False, bf16: Optional[bool] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Guided samples for every guidance weight in ``w_tests`` and every context row of ``c``.
 
     Returns ``(x_0, x_t_store)``: ``x_0`` has ``len(w_tests) * len(c)`` images, w-major (row
     ``i`` of a grid with ``len(c)`` columns is weight ``w_tests[i]``); ``x_t_store`` stacks the
-    batch every ``store_freq`` steps and at each of the last 10.
+    batch every ``store_freq`` steps and at each of the last 10. ``ddpm`` is any sampler
+    (:class:`DDPM`, respaced or not, or :class:`DDIM`); the model runs under bf16 autocast
+    where the device has native bf16 (``bf16=`` forces it).
     """
     if w_tests is None:
         w_tests = GUIDANCE_WEIGHTS
@@ -206,7 +295,9 @@ def sample_w(model, ddpm: DDPM, input_size: Sequence[int], T: int, c: torch.Tens
     with evaluating(model):
         for i in _steps(T, progress):
             t = torch.full((n_samples,), i, device=device)
-            x_t = ddpm.reverse_q(x_t, t, guided_noise(model, x_t, ddpm.model_t[t], c, w))
+            with autocast(device, bf16):
+                e_t = guided_noise(model, x_t, ddpm.model_t[t], c, w)
+            x_t = ddpm.reverse_q(x_t, t, e_t)
             if i % store_freq == 0 or i < 10:
                 store.append(x_t.cpu())
     return x_t, torch.stack(store)

@@ -21,7 +21,7 @@ from .config import LABS, ConfigError, LabSettings, lab_settings
 from .context import class_indices, one_hot
 from .data import (FASHION_MNIST_CLASSES, FLOWER_CLASSES, TensorImageDataset, flowers_augment,
                    load_fashion_mnist_tensors, load_flowers_tensors, random_hflip)
-from .diffusion import DDPM, GUIDANCE_WEIGHTS, sample_w
+from .diffusion import DDPM, GUIDANCE_WEIGHTS, make_sampler, sample_w
 from .models import BasicUNet, UNet
 from .modules import evaluating
 from .training import ddpm_loss, denoising_loss, guided_ddpm_loss
@@ -189,6 +189,8 @@ class SampleRequest:
     prompts: Optional[Sequence[str]] = None
     weights: Optional[Sequence[float]] = None
     steps: Optional[int] = None
+    sampler: Optional[str] = None             # "ddpm" | "ddim" (default: the settings')
+    eta: float = 0.0                          # DDIM's noise (0: deterministic)
     n: int = 16
     examples: Optional[torch.Tensor] = None   # lab 01: clean images to noise and denoise
     frames: int = 15
@@ -209,14 +211,14 @@ def _denoise_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
 
 def _unguided_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
     """Labs 02-03: ``n`` samples from noise, with the trajectory for a GIF."""
-    ddpm = lab.sampler(req.steps)
+    ddpm = lab.sampler(req.steps, req.sampler, req.eta)
     x, store = ddpm.sample(model, (req.n, *lab.image_shape), store_every=max(1, ddpm.T // req.frames))
     return Samples(x, min(req.n, 8), torch.stack(store) if store else None)
 
 
 def _guided_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
     """Labs 04-05: a guidance-weight x context grid (rows w, columns classes or prompts)."""
-    ddpm = lab.sampler(req.steps)
+    ddpm = lab.sampler(req.steps, req.sampler, req.eta)
     c, labels = lab.context(classes=req.classes, prompts=req.prompts)
     weights = list(GUIDANCE_WEIGHTS if req.weights is None else req.weights)
     x, store = sample_w(model, ddpm, lab.image_shape, ddpm.T, c, lab.device, weights,
@@ -327,11 +329,15 @@ class Lab:
 
     # --- what the lab draws ----------------------------------------------------------------------
 
-    def sampler(self, steps: Optional[int] = None) -> DDPM:
+    def sampler(self, steps: Optional[int] = None, kind: Optional[str] = None,
+                eta: float = 0.0) -> DDPM:
+        """The reverse process: ``kind`` "ddpm" (the course's) or "ddim" over ``steps`` steps
+        (defaults: the settings' ``sampler`` and ``sample_steps``, else all T)."""
         steps = steps or self.settings.sample_steps or self.settings.T
-        if steps < 1:
-            raise ConfigError(f"sampling steps must be at least 1, got {steps}")
-        return self.ddpm.respaced(steps)
+        try:
+            return make_sampler(self.ddpm, kind or self.settings.sampler, steps, eta)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def context(self, classes: Optional[Sequence[str]] = None,
                 prompts: Optional[Sequence[str]] = None) -> Tuple[torch.Tensor, List[str]]:

@@ -1,4 +1,4 @@
-"""Two helpers over any ``torch.nn.Module``, used by models, samplers, CLIP and the tools alike.
+"""Helpers over any ``torch.nn.Module``, used by models, samplers, CLIP and the tools alike.
 
 They live below :mod:`labutils.models` and :mod:`labutils.diffusion` so that samplers can switch
 a model to eval mode without the diffusion code importing the models.
@@ -32,3 +32,13 @@ def evaluating(model):
             yield model
     finally:
         model.train(was_training)
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` for the training step, falling back to eager where compiling
+    fails (no C++ compiler on a node, an unsupported op): dynamo then warns once and runs the
+    module as it is. The weights stay shared with ``model``, whose ``state_dict`` (without
+    the compiled wrapper's ``_orig_mod.`` prefix) is what checkpoints store."""
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)

@@ -153,3 +153,30 @@ def test_each_recipe_builds_the_course_model(lab):
     from labutils import count_parameters, lab_settings
     from labutils.labs import build_model
     assert count_parameters(build_model(lab_settings(lab, "ci"))) == COURSE_PARAMETERS[lab]
+
+
+def test_threads_and_ddim_from_the_command_line(tmp_path):
+    # In fresh processes: --threads changes torch's global thread count.
+    run = tmp_path / "run"
+    done = run_cli("train", "fmnist-ddpm", "--out", run, "--threads", "1", "--quiet",
+                   "--sample-every", "0")
+    assert done.returncode == 0, done.stderr
+    assert "1 CPU threads per process (--threads)" in done.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["threads"] == {"threads": 1, "reason": "--threads"}
+    assert isinstance(summary["bf16"], bool)
+
+    pngs = [tmp_path / f"ddim{i}.png" for i in range(2)]
+    for png in pngs:
+        done = subprocess.run(
+            [sys.executable, "-m", "labutils", "sample", str(run), "--sampler", "ddim",
+             "--steps", "5", "--n", "4", "--out", str(png)], cwd=ROOT, capture_output=True,
+            text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1"))
+        assert done.returncode == 0, done.stderr
+        assert "ddim sampler, 1 threads" in done.stdout
+    assert pngs[0].read_bytes() == pngs[1].read_bytes()   # same seed, deterministic sampler
+
+    bad = run_cli("sample", run, "--sampler", "ddpm", "--eta", "0.5", "--out", tmp_path / "x.png")
+    assert bad.returncode == 2 and "eta applies to the DDIM sampler only" in bad.stderr
+    bad = run_cli("sample", run, "--threads", "0", "--out", tmp_path / "x.png")
+    assert bad.returncode == 2 and "--threads must be >= 1" in bad.stderr

@@ -53,3 +53,55 @@ def test_settings_are_frozen():
     s = lab_settings("fmnist-unet", "ci")
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.epochs = 100
+
+
+# --- threads that fit the allocation ---------------------------------------------------------------
+
+from labutils.config import _cgroup_cpus, size_threads  # noqa: E402
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(affinity=16), (16, "16 CPUs (CPU affinity)")),
+    (dict(affinity=16, cgroup=4.0), (4, "4 CPUs (cgroup quota)")),
+    (dict(affinity=16, cgroup=2.5), (2, "2 CPUs (cgroup quota)")),       # rounded down
+    (dict(affinity=16, cgroup=0.5), (1, "1 CPUs (cgroup quota)")),       # never 0
+    (dict(affinity=16, slurm="6"), (6, "6 CPUs (SLURM_CPUS_PER_TASK)")),
+    (dict(affinity=4, slurm="6"), (4, "4 CPUs (CPU affinity)")),         # the fewest wins
+    (dict(affinity=16, slurm="", cgroup=None), (16, "16 CPUs (CPU affinity)")),
+    (dict(affinity=16, local_world_size="4"), (4, "16 CPUs (CPU affinity) / 4 local processes")),
+    (dict(affinity=3, local_world_size="2"), (1, "3 CPUs (CPU affinity) / 2 local processes")),
+    (dict(affinity=2, local_world_size="8"), (1, "2 CPUs (CPU affinity) / 8 local processes")),
+    (dict(affinity=16, cgroup=8.0, slurm="12", local_world_size="2"),
+     (4, "8 CPUs (cgroup quota) / 2 local processes")),
+    (dict(affinity=16, omp="3", local_world_size="4"), (3, "OMP_NUM_THREADS")),
+    (dict(affinity=16, omp="3", override=5), (5, "--threads")),
+])
+def test_threads_fit_the_allocation(kwargs, expected):
+    assert size_threads(**kwargs) == expected
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(affinity=4, omp="many"), "OMP_NUM_THREADS='many' is not a whole number"),
+    (dict(affinity=4, omp="0"), "OMP_NUM_THREADS must be at least 1"),
+    (dict(affinity=4, override=0), "--threads must be at least 1"),
+])
+def test_bad_thread_settings_are_named(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        size_threads(**kwargs)
+
+
+def test_cgroup_quota_files(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpus(v2) is None
+    (v2 / "cpu.max").write_text("250000 100000\n")
+    assert _cgroup_cpus(v2) == 2.5
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpus(tmp_path / "v1") is None
+    (v1 / "cpu.cfs_quota_us").write_text("400000\n")
+    assert _cgroup_cpus(tmp_path / "v1") == 4.0
+    assert _cgroup_cpus(tmp_path / "none") is None

@@ -45,10 +45,11 @@ def judge_for(lab, progress=print) -> Judge:
 
 
 @torch.no_grad()
-def generate_guided(lab, model, context: torch.Tensor, w: float, steps: Optional[int] = None
-                    ) -> torch.Tensor:
-    """One guided sample per context row at weight ``w``, in chunks (RNG: the caller's)."""
-    ddpm = lab.sampler(steps)
+def generate_guided(lab, model, context: torch.Tensor, w: float, steps: Optional[int] = None,
+                    *, sampler=None) -> torch.Tensor:
+    """One guided sample per context row at weight ``w``, in chunks (RNG: the caller's);
+    ``sampler``: a schedule from ``lab.sampler(...)`` (default: ``lab.sampler(steps)``)."""
+    ddpm = sampler or lab.sampler(steps)
     out = []
     for i in range(0, len(context), CHUNK):
         x, _ = sample_w(model, ddpm, lab.image_shape, ddpm.T, context[i:i + CHUNK], lab.device,
@@ -58,8 +59,9 @@ def generate_guided(lab, model, context: torch.Tensor, w: float, steps: Optional
 
 
 @torch.no_grad()
-def generate_unguided(lab, model, n: int, steps: Optional[int] = None) -> torch.Tensor:
-    ddpm = lab.sampler(steps)
+def generate_unguided(lab, model, n: int, steps: Optional[int] = None, *, sampler=None
+                      ) -> torch.Tensor:
+    ddpm = sampler or lab.sampler(steps)
     out = []
     for i in range(0, n, CHUNK):
         x, _ = ddpm.sample(model, (min(CHUNK, n - i), *lab.image_shape))
@@ -74,10 +76,11 @@ def _fd(judge: Judge, images: torch.Tensor, floor: Dict) -> Dict:
 
 
 def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = None,
-             steps: Optional[int] = None, seed: int = 0, judge: Optional[Judge] = None,
-             progress=print) -> Dict:
+             steps: Optional[int] = None, sampler: Optional[str] = None, eta: float = 0.0,
+             seed: int = 0, judge: Optional[Judge] = None, progress=print) -> Dict:
     """Score ``model`` (a model of ``lab``) with the judge; a JSON-ready dict (see
-    :func:`format_report`). ``n``: samples per guidance weight (unguided labs: in all)."""
+    :func:`format_report`). ``n``: samples per guidance weight (unguided labs: in all);
+    ``sampler`` "ddpm" or "ddim" over ``steps`` steps (defaults: the lab's settings)."""
     s, spec = lab.settings, lab.spec
     if not s.T:
         raise ConfigError(f"{s.lab} is not a diffusion model (no T): it generates nothing to "
@@ -87,10 +90,11 @@ def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = N
     judge = judge or judge_for(lab, progress)
     real = judge.heldout
     floor = real_floor(judge.features(real.images), n, seed)
-    steps_used = lab.sampler(steps).T
+    schedule = lab.sampler(steps, sampler, eta)
     report = {
         "lab": s.lab, "profile": s.profile, "conditioning": spec.conditioning,
-        "sampling_steps": steps_used, "T": s.T, "n": n, "seed": seed,
+        "sampler": sampler or s.sampler, "eta": eta,
+        "sampling_steps": schedule.T, "T": s.T, "n": n, "seed": seed,
         "judge": {"name": judge.name, "source": judge.meta["source"],
                   "heldout_accuracy": judge.test_accuracy, "n_heldout": len(real),
                   "note": judge.note},
@@ -99,7 +103,7 @@ def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = N
     model.eval()
     if spec.conditioning == "none":
         with seeded(seed, lab.device):
-            images = generate_unguided(lab, model, n, steps)
+            images = generate_unguided(lab, model, n, sampler=schedule)
         hist = class_histogram(judge.predict(images), judge.classes)
         real_hist = class_histogram(real.labels, judge.classes)
         report["unguided"] = dict(_fd(judge, images, floor), histogram=hist,
@@ -119,7 +123,7 @@ def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = N
     per_w = {}
     for i, w in enumerate(DEFAULT_WEIGHTS if weights is None else weights):
         with seeded(seed + i, lab.device):
-            images = generate_guided(lab, model, context, float(w), steps)
+            images = generate_guided(lab, model, context, float(w), sampler=schedule)
         acc = conditional_accuracy(judge.predict(images), requested, judge.classes)
         per_w[float(w)] = dict(_fd(judge, images, floor), accuracy=acc)
         if progress:
@@ -138,8 +142,9 @@ def _pct(x: float) -> str:
 def format_report(report: Dict) -> str:
     """The report as a terminal table."""
     j, fl = report["judge"], report["real_floor"]
-    lines = [f"{report['lab']} ({report['profile']} profile, {report['sampling_steps']} of "
-             f"T={report['T']} reverse steps, seed {report['seed']})",
+    lines = [f"{report['lab']} ({report['profile']} profile, {report.get('sampler', 'ddpm')} "
+             f"sampler, {report['sampling_steps']} of T={report['T']} reverse steps, "
+             f"seed {report['seed']})",
              f"judge {j['name']}: {_pct(j['heldout_accuracy']).strip()} on {j['n_heldout']} "
              f"held-out real images ({j['source']})"]
     if j.get("note"):

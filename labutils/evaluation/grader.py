@@ -20,15 +20,18 @@ PER_CLASS = 5
 
 
 def grade(lab, model, w: float, *, per_class: int = PER_CLASS, bar: float = PASS_BAR,
-          steps: Optional[int] = None, seed: int = 0, judge=None, progress=print) -> Dict:
+          steps: Optional[int] = None, sampler=None, seed: int = 0, judge=None,
+          progress=print) -> Dict:
     """Generate ``per_class`` images of every class at ``w`` and judge them: a dict with
-    ``passed``, ``accuracy``, ``per_class``, the ``images`` and the judge's ``predicted`` labels."""
+    ``passed``, ``accuracy``, ``per_class``, the ``images`` and the judge's ``predicted`` labels.
+    ``sampler``: a schedule from ``lab.sampler(...)`` (default: ``lab.sampler(steps)``)."""
     judge = judge or judge_for(lab, progress)
     classes = list(lab.spec.classes)
     rows, _ = lab.context(classes=list(range(len(classes))))
     requested = torch.arange(len(classes)).repeat_interleave(per_class)
     with seeded(seed, lab.device):
-        images = generate_guided(lab, model, rows[requested.to(rows.device)], float(w), steps)
+        images = generate_guided(lab, model, rows[requested.to(rows.device)], float(w), steps,
+                                 sampler=sampler)
     predicted = judge.predict(images)
     acc = conditional_accuracy(predicted, requested, classes)
     return {"passed": acc["overall"] >= bar, "accuracy": acc["overall"], "bar": bar, "w": w,

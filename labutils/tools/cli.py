@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..config import LABS, PROFILES, ConfigError
+from ..config import LABS, PROFILES, ConfigError, set_threads
+from ..diffusion import SAMPLERS
 
 EXIT_BAD_INPUT = 2
 _BAD_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
@@ -117,11 +118,13 @@ def _sample_from(args, settings, path, state, device, out_format) -> int:
     which = load_for_sampling(model, state, args.ema)
     with seeded(args.seed, device):
         samples = lab.sample(model, classes=args.classes, prompts=args.prompts,
-                             weights=args.w, steps=args.steps, n=args.n)
+                             weights=args.w, steps=args.steps, sampler=args.sampler,
+                             eta=args.eta, n=args.n)
     scale = grid_scale(settings.img_size)
     out = save_png(make_grid(samples.images, samples.ncols, scale=scale), Path(args.out),
                    format=out_format)
-    print(f"{settings.lab} (checkpoint {path}, step {state['step']}, {which} weights): "
+    print(f"{settings.lab} (checkpoint {path}, step {state['step']}, {which} weights, "
+          f"{args.sampler or settings.sampler} sampler, {args.thread_info['threads']} threads): "
           f"{len(samples.images)} images -> {out}")
     if samples.row_labels:
         print("rows: " + ", ".join(samples.row_labels))
@@ -185,10 +188,33 @@ def _cmd_lab(args) -> int:
                    log_level=args.log_level, show_token=args.show_token or None)
 
 
-def _ema_switch(p) -> None:
+def _compute_args(p) -> None:
+    """Where a command computes: ``--device`` and ``--threads``."""
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=_int_at_least(1, "--threads"),
+                   help="CPU threads (default: OMP_NUM_THREADS, else the CPUs this process may "
+                        "use: affinity, cgroup quota, SLURM_CPUS_PER_TASK, shared among "
+                        "torchrun's local processes)")
+
+
+def _sampling_args(p) -> None:
+    """What ``sample`` and ``eval`` share: the checkpoint and how to sample it."""
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint)")
+    p.add_argument("--w", type=_finite_float("--w"), nargs="+",
+                   help="guidance weights (default: sample -2 ... 2; eval 0 1 2)")
+    p.add_argument("--steps", type=_int_at_least(1, "--steps"),
+                   help="reverse steps (default: the profile's sample_steps, else T)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="ddpm (the course's) or ddim (deterministic; 50 steps do what DDPM "
+                        "needs T for); default: the profile's")
+    p.add_argument("--eta", type=_finite_float("--eta", at_most=1.0), default=0.0,
+                   help="DDIM's noise, 0 (deterministic, default) ... 1 (as much as DDPM)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="sample with the EMA weights (default when the checkpoint has them) or "
                         "the raw ones (--no-ema)")
+    _compute_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest readable checkpoint in --out (none: start)")
     p.add_argument("--seed", type=int, help="random seed (default 0, or the checkpoint's)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    _compute_args(p)
     p.add_argument("--checkpoint-every", type=_int_at_least(0, "--checkpoint-every"),
                    default=500, help="steps between checkpoints, 0: none by steps (default "
                                      "500); a checkpoint is also written at the end and on "
@@ -272,27 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, help="decay of the EMA of the weights kept for sampling "
                                       "(default 0.999, warm-up aware; 0: none; on --resume: "
                                       "the checkpoint's)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (default: the profile's; on for the "
+                        "flowers labs under full, where it pays)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="sample a grid (and GIF) from a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint)")
+    _sampling_args(p)
     p.add_argument("--classes", nargs="+", help="class names or indices (class-guided labs)")
     p.add_argument("--prompts", nargs="+", type=_prompt,
                    help="text prompts (flowers-clip), at most 77 CLIP tokens each")
-    p.add_argument("--w", type=_finite_float("--w"), nargs="+",
-                   help="guidance weights (default -2 ... 2)")
-    p.add_argument("--steps", type=_int_at_least(1, "--steps"),
-                   help="reverse steps (default: the profile's sample_steps, else T)")
     p.add_argument("--n", type=_int_at_least(1, "--n"), default=16,
                    help="images for unguided labs (default 16)")
     p.add_argument("--out", default="samples.png",
                    help="the grid: .png or .jpg (default samples.png)")
     p.add_argument("--gif", help="also write the denoising trajectory as a GIF")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="auto (default), cpu, cuda ...")
-    p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
-    _ema_switch(p)
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -303,20 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "distance on the judge's features with the real-vs-real floor at the same "
                     "count, and for unguided labs the class histogram. Writes a table and "
                     "eval-step<N>-<ema|raw>.json in the run folder.")
-    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest checkpoint)")
+    _sampling_args(p)
     p.add_argument("--n", type=_int_at_least(2, "--n"), default=100,
                    help="samples per guidance weight (unguided labs: in all; default 100)")
-    p.add_argument("--w", type=_finite_float("--w"), nargs="+",
-                   help="guidance weights (default 0 1 2)")
-    p.add_argument("--steps", type=_int_at_least(1, "--steps"),
-                   help="reverse steps (default: the profile's sample_steps, else T)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="where to write the report (default: in the run folder)")
     p.add_argument("--data-dir", help="the lab's data folder for the judge (default: the data "
                                       "modules' search order)")
-    p.add_argument("--device", help="auto (default), cpu, cuda ...")
-    p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
-    _ema_switch(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="time training steps of each lab's model, fp32 vs bf16")
@@ -359,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "threads"):   # commands that compute: threads fit the allocation
+            args.thread_info = set_threads(args.threads)
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         # CheckpointError, DataNotFoundError and bad settings land here: a message, no traceback.

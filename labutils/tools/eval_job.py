@@ -37,10 +37,11 @@ def run_eval(args) -> int:
           f"{which} weights", flush=True)
     try:
         report = evaluate(lab, model, n=args.n, weights=args.w, steps=args.steps,
-                          seed=args.seed)
+                          sampler=args.sampler, eta=args.eta, seed=args.seed)
     except JudgeUnavailable as err:
         raise ConfigError(f"cannot judge {settings.lab}: {err}") from None
-    report.update(checkpoint=str(path), step=int(state["step"]), weights_used=which)
+    report.update(checkpoint=str(path), step=int(state["step"]), weights_used=which,
+                  threads=args.thread_info)
     print(format_report(report))
     if out is None:
         out = run / f"eval-step{int(state['step']):08d}-{which}.json"

@@ -23,10 +23,12 @@ from typing import Optional
 import torch
 
 from .. import __version__
-from ..config import ConfigError, LabSettings, lab_settings, seed_everything, seeded
+from ..config import (ConfigError, LabSettings, lab_settings, seed_everything, seeded, set_threads,
+                      use_bf16)
 from ..data import BatchLoader
 from ..ema import DEFAULT_DECAY, EMA
 from ..labs import Lab
+from ..modules import compiled
 from ..plotting import make_grid
 from ..training import NonFiniteLossError, train
 from . import distributed
@@ -172,6 +174,8 @@ def run_settings(args, state, out: Path) -> LabSettings:
         changes["batch_size"] = args.batch_size
     if getattr(args, "lr", None) is not None:
         changes["lr"] = args.lr
+    if getattr(args, "compile", None) is not None:   # speed only: may change on resume
+        changes["compile"] = args.compile
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
@@ -257,6 +261,9 @@ class TrainJob:
         self.stopping = False
         self.log_file = None
         self.t0 = time.time()
+        # Sized by the CLI (labutils.config.set_threads); a job built elsewhere sizes it here.
+        self.threads = getattr(args, "thread_info", None) or set_threads(
+            getattr(args, "threads", None))
 
     def continue_command(self) -> str:
         """The command that continues this run, with every option that must stay the same."""
@@ -309,9 +316,13 @@ class TrainJob:
             rewrite_log(self.out / "loss.jsonl", self.start_step)
             write_text_atomic(self.out / "settings.json", json.dumps(
                 dict(dataclasses.asdict(s), seed=self.seed, world_size=ctx.world_size), indent=2))
+        threads = self.threads
         say(ctx, f"labutils train {s.lab}: profile {s.profile}, {ctx.world_size} process(es) on "
                  f"{ctx.device}, batch {s.batch_size} per process, {s.epochs} epochs x "
                  f"{self.steps_per_epoch} steps, lr {s.lr:g} -> {self.out}/")
+        say(ctx, f"{threads['threads']} CPU threads per process ({threads['reason']}); bf16 "
+                 f"autocast {'on' if use_bf16(ctx.device) else 'off'}; torch.compile "
+                 f"{'on (the first steps compile)' if s.compile else 'off'}")
         if self.resumed_from:
             say(ctx, f"resuming from {self.resumed_from} (step {self.start_step} of "
                      f"{self.total_steps})")
@@ -410,6 +421,8 @@ class TrainJob:
         self.write_header()
         ctx, s = self.ctx, self.settings
         ddp_model = distributed.wrap_model(self.model, ctx, self.lab.spec.find_unused_parameters)
+        if s.compile:   # the step only: checkpoints, EMA and samples use self.model
+            ddp_model = compiled(ddp_model)
         loss_fn = self.lab.loss_fn()
         self.log_file = open(self.out / "loss.jsonl", "a") if ctx.is_main else None
         try:
@@ -465,6 +478,7 @@ class TrainJob:
             "seconds_per_epoch": (round(sum(result.epoch_times) / len(result.epoch_times), 3)
                                   if result.epoch_times else None),
             "param_digests": digests, "checkpoint": self.saved["path"],
+            "threads": self.threads, "bf16": use_bf16(ctx.device),
         }
         if ctx.is_main:
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
