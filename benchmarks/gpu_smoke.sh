@@ -11,7 +11,7 @@
 # flowers steps use generated pictures (a 2,100-image folder for the `full` run).
 #
 # Steps:
-#  1 doctor, and `labutils bench` on cuda (milliseconds per step)
+#  1 doctor, and `labutils bench --what train` on cuda (course's way vs labutils', ms per step)
 #  2 torch.cuda.set_sync_debug_mode("warn") over 20 steps of lab 04 (fmnist-cfg): the syncs, listed
 #  3 each lab under `ci` with --device cuda, then sampling its checkpoint on cuda and on cpu
 #  4 a CUDA checkpoint resumed on the CPU, and a CPU checkpoint resumed on CUDA
@@ -28,35 +28,10 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export TQDM_DISABLE=1 LABUTILS_CLIP_OFFLINE=1 PYTHONUNBUFFERED=1
 BUDGET=${SMOKE_BUDGET_S:-470}      # seconds for the whole script (8 minutes less a margin)
-START=$SECONDS
 SUMMARY="$OUT/summary.txt"
-: > "$SUMMARY"
-FAILED=0
-
-remaining() { echo $(( BUDGET - (SECONDS - START) )); }
-
-# step NAME TIMEOUT COMMAND...: run with a time limit, log to $OUT/NAME.log, record the result.
-step() {
-  local name=$1 limit=$2; shift 2
-  local left; left=$(remaining)
-  if [ "$left" -le 5 ]; then
-    printf '%-34s SKIPPED (time budget spent)\n' "$name" | tee -a "$SUMMARY"; FAILED=1; return 1
-  fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  local t0=$SECONDS rc
-  echo "== $name (limit ${limit}s)"
-  timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
-  rc=$?
-  if [ $rc -eq 0 ]; then
-    printf '%-34s ok      %4ds\n' "$name" $((SECONDS - t0)) | tee -a "$SUMMARY"
-  else
-    printf '%-34s FAILED  %4ds  rc=%d (%s)\n' "$name" $((SECONDS - t0)) $rc "$OUT/$name.log" \
-      | tee -a "$SUMMARY"
-    tail -n 15 "$OUT/$name.log"
-    FAILED=1
-  fi
-  return $rc
-}
+# shellcheck source=benchmarks/lib.sh
+. benchmarks/lib.sh                # step NAME LIMIT COMMAND...: time limit, log, summary line
+lib_init
 
 lu() { "$PY" -m labutils "$@"; }
 
@@ -71,8 +46,8 @@ NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 
 # --- 1. doctor and bench -----------------------------------------------------------------------
 step 1-doctor 60 lu doctor
-step 1-bench 90 lu bench --device cuda --steps 10 \
-  --labs fmnist-unet fmnist-ddpm fmnist-optimized fmnist-cfg flowers-cfg
+step 1-bench 150 lu bench --device cuda --what train --reps 10 --out "$OUT/bench" \
+  --labs fmnist-ddpm fmnist-optimized fmnist-cfg   # flowers: benchmarks/gpu_check.sh
 
 # --- 2. host syncs over 20 training steps of lab 04 ----------------------------------------------
 step 2-sync-debug 120 "$PY" - <<'EOF'

@@ -49,8 +49,9 @@ class CorruptDataError(ValueError):
     """A data file is there but cannot be read (truncated, not gzip, wrong header)."""
 
 
-def _file_in(directory: Path, stem: str) -> Optional[Path]:
-    for sub in _LAYOUTS:
+def _file_in(directory: Path, stem: str, layouts=_LAYOUTS) -> Optional[Path]:
+    """The IDX file ``stem`` (gzipped or not) in ``directory`` under one of ``layouts``."""
+    for sub in layouts:
         for name in (stem + ".gz", stem):
             p = directory / sub / name
             if p.is_file():
@@ -105,19 +106,24 @@ def find_fashion_mnist(data_dir=None, download: bool = True) -> Path:
 
 
 def _download(dest: Path) -> bool:
-    """torchvision's download, done in a temporary folder and moved into ``dest/FashionMNIST/raw``
-    only when all four files arrived: a failure leaves nothing behind (not even empty folders)."""
+    return download_idx(dest, "FashionMNIST")
+
+
+def download_idx(dest: Path, dataset: str) -> bool:
+    """torchvision's download of ``dataset`` ("FashionMNIST", "MNIST"), done in a temporary
+    folder and moved into ``dest/<dataset>/raw`` only when all four files arrived: a failure
+    leaves nothing behind (not even empty folders)."""
     import torchvision
     made = [p for p in (dest, *dest.parents) if not p.exists()]
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".fashion-mnist-download.", dir=dest))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset.lower()}-download.", dir=dest))
     ok = False
     try:
         for train in (True, False):
-            torchvision.datasets.FashionMNIST(str(tmp), train=train, download=True)
-        got = {stem: _file_in(tmp, stem) for stem in _FILES.values()}
+            getattr(torchvision.datasets, dataset)(str(tmp), train=train, download=True)
+        got = {stem: _file_in(tmp, stem, (".", f"{dataset}/raw")) for stem in _FILES.values()}
         if all(got.values()):
-            raw = dest / "FashionMNIST" / "raw"
+            raw = dest / dataset / "raw"
             raw.mkdir(parents=True, exist_ok=True)
             for stem, path in got.items():
                 os.replace(path, raw / path.name)
@@ -175,10 +181,8 @@ def _read_split(directory: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_fashion_mnist_tensors(img_size: int = 16, data_dir=None,
-                               splits=("train", "test")) -> TensorImageDataset:
-    """Fashion-MNIST (train + test joined, as the course does), resized once, scaled to [-1, 1]."""
-    directory = find_fashion_mnist(data_dir)
+def idx_tensors(directory: Path, img_size: int, splits, classes) -> TensorImageDataset:
+    """The IDX ``splits`` of ``directory`` joined, resized once to ``img_size``, in [-1, 1]."""
     parts = [_read_split(directory, s) for s in splits]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts])).float().div_(255)[:, None]
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
@@ -186,8 +190,13 @@ def load_fashion_mnist_tensors(img_size: int = 16, data_dir=None,
         # Bilinear with antialiasing: what torchvision's Resize does to a PIL image.
         images = F.interpolate(images, size=(img_size, img_size), mode="bilinear",
                                antialias=True, align_corners=False)
-    return TensorImageDataset(images.mul_(2).sub_(1).clamp_(-1, 1), labels,
-                              FASHION_MNIST_CLASSES)
+    return TensorImageDataset(images.mul_(2).sub_(1).clamp_(-1, 1), labels, classes)
+
+
+def load_fashion_mnist_tensors(img_size: int = 16, data_dir=None,
+                               splits=("train", "test")) -> TensorImageDataset:
+    """Fashion-MNIST (train + test joined, as the course does), resized once, scaled to [-1, 1]."""
+    return idx_tensors(find_fashion_mnist(data_dir), img_size, splits, FASHION_MNIST_CLASSES)
 
 
 # --- the course's helper names (other_utils) -------------------------------------------------

@@ -15,20 +15,14 @@ MNIST and Fashion-MNIST use the same file names: a folder you name as MNIST is r
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from ..config import project_dir
 from .batches import TensorImageDataset
-from .fashion_mnist import (_FILES, FASHION_MNIST_CLASSES, DataNotFoundError, _read_split,
-                            find_fashion_mnist)
+from .fashion_mnist import (_FILES, FASHION_MNIST_CLASSES, DataNotFoundError, download_idx,
+                            find_fashion_mnist, idx_tensors)
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 ENV_VAR = "LABUTILS_MNIST_DIR"
@@ -44,15 +38,6 @@ class MnistStandInWarning(UserWarning):
     """No MNIST was found: Fashion-MNIST at 28x28 stands in for the digits."""
 
 
-def _mnist_file(directory: Path, stem: str) -> Optional[Path]:
-    for sub in _LAYOUTS:
-        for name in (stem + ".gz", stem):
-            p = directory / sub / name
-            if p.is_file():
-                return p
-    return None
-
-
 def _mnist_folder(directory: Path) -> Optional[Path]:
     """The folder (of ``_LAYOUTS``) under ``directory`` holding all four files, else None."""
     for sub in _LAYOUTS:
@@ -63,32 +48,7 @@ def _mnist_folder(directory: Path) -> Optional[Path]:
 
 
 def _download(dest: Path) -> bool:
-    """torchvision's MNIST download in a temporary folder, moved to ``dest/MNIST/raw`` only
-    when all four files arrived."""
-    import torchvision
-    made = [p for p in (dest, *dest.parents) if not p.exists()]
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mnist-download.", dir=dest))
-    ok = False
-    try:
-        for train in (True, False):
-            torchvision.datasets.MNIST(str(tmp), train=train, download=True)
-        got = {s: _mnist_file(tmp, s) for s in _FILES.values()}
-        if all(got.values()):
-            raw = dest / "MNIST" / "raw"
-            raw.mkdir(parents=True, exist_ok=True)
-            for path in got.values():
-                os.replace(path, raw / path.name)
-            ok = True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not ok:
-            for p in made:
-                try:
-                    p.rmdir()
-                except OSError:
-                    break
-    return ok
+    return download_idx(dest, "MNIST")
 
 
 def find_mnist(data_dir=None, download: bool = True) -> Tuple[Optional[Path], str]:
@@ -128,8 +88,6 @@ def find_mnist(data_dir=None, download: bool = True) -> Tuple[Optional[Path], st
     return None, "; ".join(tried)
 
 
-
-
 def stand_in_note(why: str) -> str:
     mapping = ", ".join(f"{d}={c}" for d, c in zip(MNIST_CLASSES, FASHION_MNIST_CLASSES))
     return ("*** NO MNIST FOUND: FASHION-MNIST AT 28x28 STANDS IN FOR THE DIGITS. ***\n"
@@ -152,13 +110,7 @@ def load_mnist_tensors(img_size: int = 28, data_dir=None, splits: Sequence[str] 
             _ANNOUNCED.add(why)
             print(stand_in, flush=True)
             warnings.warn(stand_in, MnistStandInWarning, stacklevel=2)
-    parts = [_read_split(Path(folder), s) for s in splits]
-    images = torch.from_numpy(np.concatenate([p[0] for p in parts])).float().div_(255)[:, None]
-    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
-    if images.shape[-1] != img_size:
-        images = F.interpolate(images, size=(img_size, img_size), mode="bilinear",
-                               antialias=True, align_corners=False)
-    data = TensorImageDataset(images.mul_(2).sub_(1).clamp_(-1, 1), labels, MNIST_CLASSES)
+    data = idx_tensors(Path(folder), img_size, splits, MNIST_CLASSES)
     data.stand_in = stand_in
     data.source = ("Fashion-MNIST stand-in " if stand_in else "MNIST ") + str(folder)
     return data

@@ -21,7 +21,14 @@ from .metrics import (best_weight, class_histogram, conditional_accuracy, freche
                       histogram_entropy, real_floor)
 
 DEFAULT_WEIGHTS = (0.0, 1.0, 2.0)
-CHUNK = 256   # images per sampling batch (guidance doubles it)
+
+
+def sampling_chunk(device) -> int:
+    """Images per sampling batch (guidance doubles it). On a CPU, batches whose activations pass
+    glibc's 32 MB mmap threshold are mapped and unmapped at every reverse step: measured on a
+    2-core CPU (lab 04 A, bf16), 2.6 ms per image-step at 128 images, 7.7 ms at 1,000, half of
+    it system time. A GPU wants large batches."""
+    return 1024 if torch.device(device).type == "cuda" else 128
 
 
 def _singular(name: str) -> str:
@@ -51,8 +58,9 @@ def generate_guided(lab, model, context: torch.Tensor, w: float, steps: Optional
     ``sampler``: a schedule from ``lab.sampler(...)`` (default: ``lab.sampler(steps)``)."""
     ddpm = sampler or lab.sampler(steps)
     out = []
-    for i in range(0, len(context), CHUNK):
-        x, _ = sample_w(model, ddpm, lab.image_shape, ddpm.T, context[i:i + CHUNK], lab.device,
+    chunk = sampling_chunk(lab.device)
+    for i in range(0, len(context), chunk):
+        x, _ = sample_w(model, ddpm, lab.image_shape, ddpm.T, context[i:i + chunk], lab.device,
                         [w], store_freq=ddpm.T + 1)
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
@@ -63,8 +71,9 @@ def generate_unguided(lab, model, n: int, steps: Optional[int] = None, *, sample
                       ) -> torch.Tensor:
     ddpm = sampler or lab.sampler(steps)
     out = []
-    for i in range(0, n, CHUNK):
-        x, _ = ddpm.sample(model, (min(CHUNK, n - i), *lab.image_shape))
+    chunk = sampling_chunk(lab.device)
+    for i in range(0, n, chunk):
+        x, _ = ddpm.sample(model, (min(chunk, n - i), *lab.image_shape))
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 

@@ -1,59 +1,711 @@
-"""``labutils bench``: training-step speed of each lab's model, fp32 against bf16 autocast.
+"""``labutils bench``: labutils' training and sampling against the course's own way, same run.
 
-A benchmark, not a test: it reports times and ratios measured in the same run on the same
-machine, and asserts nothing. Batches are random tensors of the lab's shape, so no data set is
-needed; the model, loss and optimiser are the lab's own (:class:`labutils.labs.Lab`).
+A benchmark, not a test: it measures and reports, and asserts nothing about time. For each lab
+(default: 03 ``fmnist-optimized``, 04 ``fmnist-cfg``, 05 ``flowers-clip``) it measures two
+configurations on the same machine, one after the other:
+
+``baseline`` -- the course's way (:mod:`labutils.tools.course_baseline`): fp32, eager, default
+    memory format, plain ``torch.optim.Adam``, a ``DataLoader`` whose items are transformed one
+    by one (PIL for Fashion-MNIST; ``RandomCrop`` + flip of on-device tensors for flowers), and
+    sampling with DDPM over all T steps in fp32.
+``ours`` -- labutils' path: :class:`~labutils.labs.Lab`'s model, optimiser (fused Adam on CUDA)
+    and loss, :class:`~labutils.data.BatchLoader` over ``lab.dataset()`` with ``lab.augment()``,
+    the real :func:`labutils.training.train` loop (bf16 autocast where
+    :func:`~labutils.config.use_bf16` says so), and sampling with ``lab.sampler(50, "ddim")``,
+    plus DDPM over all T steps with the same settings (so the sampler's gain and the precision's
+    gain can be told apart).
+
+What is measured, per lab and configuration:
+
+- training step (forward, backward, optimiser) at the course batch of 128 on one fixed batch:
+  ``--warmup`` untimed steps, then ``--reps`` timed ones; median and spread (min-max, IQR) in ms,
+  ``torch.cuda.synchronize()`` around each step on CUDA; images/s from the median;
+- an epoch's wall time *including data*: K steps through the data path timed as one block and
+  scaled to the epoch's steps ("est. from K steps"; ``--full-epoch`` times a real epoch);
+- the one-off data preparation (decoding, resizing, moving to the device);
+- peak memory: the child process's peak RSS (``ru_maxrss``) and on CUDA
+  ``torch.cuda.max_memory_allocated``;
+- sampling the course's picture (lab 04: 7 guidance weights x 10 classes; lab 05: 7 x 3 prompts;
+  labs 02-03: 16 images): one warm-up reverse step, then a few timed reverse steps scaled to
+  the whole chain ("est."), or every step with ``--exact-sampling`` (the default on CUDA).
+
+Each (lab, configuration, training|sampling) runs in its own child process (``spawn``) that
+sizes its threads like every labutils command (:func:`labutils.config.set_threads`): peak RSS is
+that measurement's own and no run warms another's caches. Results go to ``bench.json`` and
+``bench.md`` in ``--out`` (default ``runs/bench-<timestamp>/``), written after every measurement.
+
+On a small CPU the 44.9M-parameter flowers model is slow (a course-faithful fp32 step at batch
+128 takes ~30 s on 2 cores), so labs whose model has over 10M parameters default, on a CPU, to
+1 warm-up step, 2 timed steps, K = 2 and 3 timed reverse steps; ``--reps``/``--warmup``/
+``--epoch-steps``/``--sample-steps`` override the defaults of every lab.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
+import itertools
+import json
+import multiprocessing
+import platform
+import resource
+import statistics
+import sys
 import time
-from typing import Dict, List, Optional, Sequence
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..config import autocast, cpu_supports_bf16, get_device, lab_settings
-from ..labs import Lab
+from ..config import (ConfigError, cpu_flags, cpu_supports_bf16, cuda_supports_bf16, get_device,
+                      lab_settings, set_threads, timestamp, use_bf16)
+from ..labs import REGISTRY, Lab
+
+DEFAULT_LABS = ("fmnist-optimized", "fmnist-cfg", "flowers-clip")
+BENCH_LABS = tuple(name for name in REGISTRY if lab_settings(name, "full").T)
+BASELINE, OURS = "baseline", "ours"
+KNOBS = ("ours+channels_last", "ours+compile")
+BIG_MODEL_PARAMS = 10_000_000        # on a CPU, fewer steps for models above this
+DDIM_STEPS = 50
+CLIP_FEATURES = 512
+BF16_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+GUIDED_FRAMES = 15                   # lab.sample's trajectory frames (store_freq = T // 15)
+COURSE_STORE_FREQ = 10               # the course's sample_w default
 
 
-def time_steps(lab: str, device: torch.device, batch_size: Optional[int], steps: int,
-               bf16: bool, warmup: int = 2) -> float:
-    """Seconds per training step (forward, backward, Adam) of ``lab``'s model."""
-    settings = lab_settings(lab, "full")          # the course's model and batch
-    lab_run = Lab(settings, device)
-    torch.manual_seed(0)
-    model = lab_run.build_model()
-    optimizer = lab_run.optimizer(model)
-    loss_fn = lab_run.loss_fn()
-    x, y = lab_run.random_batch(batch_size or settings.batch_size)
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, bf16):
-            loss = loss_fn(model, x, y)
-        loss.backward()
-        optimizer.step()
+# --- what to measure ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class BenchOptions:
+    labs: Sequence[str] = DEFAULT_LABS
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    reps: Optional[int] = None
+    warmup: Optional[int] = None
+    batch_size: Optional[int] = None
+    epoch_steps: Optional[int] = None
+    full_epoch: bool = False
+    sample_steps: Optional[int] = None
+    exact_sampling: bool = False
+    what: str = "all"                # train | sample | all
+    knobs: bool = False
+    smoke: bool = False
+    out: Optional[Path] = None
+    data_dir: Optional[str] = None
+    flowers_dir: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Plan:
+    """One lab's numbers: batch, steps and picture (the same for baseline and ours)."""
+
+    lab: str
+    batch: int
+    warmup: int
+    reps: int
+    epoch_steps: Optional[int]       # None: a whole epoch
+    sample_warmup: int
+    sample_steps: Optional[int]      # timed reverse steps; None: all of them (exact)
+    ddim_steps: int
+    max_images: Optional[int]        # None: the whole data set
+    weights: Optional[List[float]]   # guidance weights (None: the course's seven)
+    n_context: Optional[int]         # context rows (None: every class / the lab's prompts)
+    n_unguided: int                  # images of an unguided picture
+
+
+def make_plan(lab: str, device: torch.device, opts: BenchOptions) -> Plan:
+    spec = REGISTRY[lab]
+    settings = lab_settings(lab, "full")
+    if opts.smoke:   # seconds: the mechanics, not the numbers
+        return Plan(lab, opts.batch_size or 8, 1 if opts.warmup is None else opts.warmup,
+                    opts.reps or 2, None if opts.full_epoch else (opts.epoch_steps or 2),
+                    1, opts.sample_steps or 2, DDIM_STEPS,
+                    32 if spec.data == "flowers" else 512, [0.0, 1.0], 2, 4)
+    big = device.type == "cpu" and spec.params > BIG_MODEL_PARAMS
+    reps = opts.reps or (2 if big else 5)
+    warmup = opts.warmup if opts.warmup is not None else (1 if big else 2)
+    if opts.full_epoch:
+        epoch_steps = None
+    else:   # on a GPU steps are quick and overlap the host: a longer block
+        epoch_steps = opts.epoch_steps or (reps if device.type == "cpu" else max(reps, 50))
+    if opts.exact_sampling or (device.type == "cuda" and opts.sample_steps is None):
+        sample_steps = None
+    else:
+        sample_steps = opts.sample_steps or (3 if big else 10)
+    return Plan(lab, opts.batch_size or settings.batch_size, warmup, reps, epoch_steps, 1,
+                sample_steps, DDIM_STEPS, None, None, None, 16)
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        torch.cuda.synchronize(device)
 
 
-def run_bench(labs: Sequence[str], device=None, batch_size: Optional[int] = None,
-              steps: int = 5) -> List[Dict]:
-    device = get_device(device)
-    native = cpu_supports_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported()
-    print(f"device {device} ({torch.get_num_threads()} CPU threads); native bf16: "
-          f"{'yes' if native else 'no'}; {steps} timed steps after 2 warm-up steps")
-    print(f"{'lab':<18}{'batch':>6}{'fp32 s/step':>13}{'bf16 s/step':>13}{'fp32/bf16':>11}"
-          f"{'images/s fp32':>15}")
+def stats_ms(seconds: Sequence[float]) -> Dict:
+    """Median and spread of durations, in ms."""
+    ms = sorted(s * 1e3 for s in seconds)
+    if not ms:
+        return {"n": 0}
+    q1, q3 = (statistics.quantiles(ms, n=4, method="inclusive")[::2] if len(ms) > 1
+              else (ms[0], ms[0]))
+    return {"n": len(ms), "median": statistics.median(ms), "mean": statistics.fmean(ms),
+            "min": ms[0], "max": ms[-1], "q1": q1, "q3": q3,
+            "samples": [round(v, 3) for v in ms]}
+
+
+def _peak_memory(device: torch.device) -> Dict:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return out
+
+
+def _clip_embeddings(n: int, seed: int = 0) -> torch.Tensor:
+    """Fixed random stand-ins for CLIP's 512-d encodings (no CLIP weights are needed)."""
+    return torch.randn(n, CLIP_FEATURES, generator=torch.Generator().manual_seed(seed))
+
+
+def cpu_model_name() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def header(device: torch.device, thread_info: Dict, command: Optional[str] = None) -> Dict:
+    """What the numbers were measured on (printed and stored)."""
+    flags = cpu_flags()
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else cpu_model_name()),
+        "cpu": cpu_model_name(),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "threads": thread_info.get("threads"),
+        "threads_reason": thread_info.get("reason"),
+        "cpu_flags": {f: f in flags for f in BF16_FLAGS},
+        "native_bf16": (cuda_supports_bf16(device) if device.type == "cuda"
+                        else cpu_supports_bf16()),
+        "ours_bf16": use_bf16(device),
+        "command": command or "labutils " + " ".join(sys.argv[1:]),
+    }
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info["cuda"] = {"capability": f"{p.major}.{p.minor}", "memory_gib": round(
+            p.total_memory / 2 ** 30, 1), "cuda_version": torch.version.cuda}
+    return info
+
+
+# --- the data of each configuration ------------------------------------------------------------
+
+def _flowers_dir(job) -> Path:
+    from ..data.flowers import find_flowers
+    return find_flowers(job["flowers_dir"])
+
+
+def _make_lab(job, device: torch.device, plan: Plan) -> Lab:
+    settings = lab_settings(job["lab"], "full")
+    if plan.max_images is not None:
+        settings = dataclasses.replace(settings, max_images=plan.max_images)
+    spec = REGISTRY[job["lab"]]
+    data_dir = str(_flowers_dir(job)) if spec.data == "flowers" else job["data_dir"]
+    return Lab(settings, device, data_dir=data_dir)
+
+
+def _baseline_data(lab: Lab, plan: Plan, job, device, notes: List[str]):
+    from .course_baseline import CourseFlowers, course_fashion_mnist, flower_files
+    spec, s = lab.spec, lab.settings
+    if spec.data == "fashion-mnist":
+        return course_fashion_mnist(s.img_size, job["data_dir"], plan.max_images)
+    if spec.data == "mnist":
+        from ..data.mnist import find_mnist
+        folder, _ = find_mnist(download=False)
+        if folder is None:
+            notes.append("no MNIST here: Fashion-MNIST at 28x28 stands in (both configurations)")
+        return course_fashion_mnist(s.img_size, job["data_dir"], plan.max_images, flip=False,
+                                    directory=folder)
+    if spec.data == "flowers":
+        files, labels = flower_files(_flowers_dir(job), spec.classes, plan.max_images)
+        if spec.conditioning == "clip-text":
+            labels = _clip_embeddings(len(files))
+        return CourseFlowers(files, labels, s.img_size, device)
+    raise ConfigError(f"{lab.settings.lab}: no course-faithful data set for {spec.data!r}")
+
+
+def _ours_data(lab: Lab, plan: Plan, notes: List[str]):
+    from ..data import TensorImageDataset, load_flowers_tensors
+    if lab.spec.conditioning != "clip-text":
+        return lab.dataset()
+    # lab.dataset() would encode every photo with CLIP: fixed random embeddings stand in for
+    # the encodings (the training step costs the same), with our own flowers loader.
+    base = load_flowers_tensors(lab.settings.img_size, lab.data_dir, max_images=plan.max_images,
+                                allow_fixture=False, keep_aspect=True)
+    return TensorImageDataset(base.images, _clip_embeddings(len(base)), base.classes, base.paths)
+
+
+class _FixedBatches:
+    """``n`` copies of one batch, shaped like a :class:`BatchLoader` for :func:`train`."""
+
+    def __init__(self, x, y, n: int, labels=None):
+        self.x, self.y, self.n, self.labels = x, y, n, labels
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter([(self.x, self.y)] * self.n)
+
+
+# --- the measurements (each in a child process) ------------------------------------------------
+
+def _train_phase(job) -> Dict:
+    from ..data import BatchLoader
+    from ..training import train
+    from .course_baseline import course_dataloader, course_step
+
+    device, plan, config = torch.device(job["device"]), Plan(**job["plan"]), job["config"]
+    ours = config != BASELINE
+    torch.manual_seed(0)
+    lab = _make_lab(job, device, plan)
+    spec, s = lab.spec, lab.settings
+    notes: List[str] = []
+    t0 = time.perf_counter()
+    if ours:
+        dataset = _ours_data(lab, plan, notes)
+        loader = BatchLoader(dataset, plan.batch, augment=lab.augment(), device=device, seed=0)
+    else:
+        dataset = _baseline_data(lab, plan, job, device, notes)
+        loader = course_dataloader(dataset, plan.batch)
+    full_steps = len(loader)
+    _sync(device)
+    prep_s = time.perf_counter() - t0
+    model = lab.build_model()
+    optimizer = (lab.optimizer(model) if ours
+                 else torch.optim.Adam(model.parameters(), lr=s.lr))
+    result = {"images": len(dataset), "batch": plan.batch, "steps_per_epoch": full_steps,
+              "data_prep_s": prep_s, "params": sum(p.numel() for p in model.parameters()),
+              "bf16": use_bf16(device) if ours else False, "notes": notes}
+
+    # 1. the step alone, on one fixed batch
+    n = plan.warmup + plan.reps
+    if ours:
+        x, y = next(iter(loader))
+        net = model
+        if config == "ours+channels_last":
+            net = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif config == "ours+compile":
+            net = torch.compile(model)
+        loss_fn = lab.loss_fn()
+        marks: List[float] = []
+
+        def on_step(step, epoch, loss):
+            _sync(device)
+            marks.append(time.perf_counter())
+
+        _sync(device)
+        start = time.perf_counter()
+        train(net, loss_fn, _FixedBatches(x, y, n, labels=loader.labels), optimizer, 1,
+              progress=False, on_step=on_step)
+        ends = [start, *marks]
+        times = [b - a for a, b in zip(ends, ends[1:])]
+    else:
+        batch = next(iter(loader))
+        model.train()
+        times = []
+        for _ in range(n):
+            _sync(device)
+            t = time.perf_counter()
+            course_step(model, optimizer, lab.ddpm, batch, T=s.T, device=device,
+                        conditioning=spec.conditioning, n_classes=lab.n_classes)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+    timed = times[plan.warmup:] or times
+    result["step_ms"] = stats_ms(timed)
+    result["first_step_ms"] = times[0] * 1e3
+    result["images_per_s"] = plan.batch / (result["step_ms"]["median"] / 1e3)
+    if config == "ours+compile":
+        result["compile_s"] = times[0] - result["step_ms"]["median"] / 1e3
+        notes.append("compile time = the first step's time less a steady step's")
+
+    # 2. K steps through the data path, as one block, scaled to the epoch
+    if config in (BASELINE, OURS):
+        k = full_steps if plan.epoch_steps is None else min(plan.epoch_steps, full_steps)
+        _sync(device)
+        t = time.perf_counter()
+        if ours:
+            loader.max_batches = k
+            train(model, loss_fn, loader, optimizer, 1, progress=False)
+        else:
+            for batch in itertools.islice(loader, k):
+                course_step(model, optimizer, lab.ddpm, batch, T=s.T, device=device,
+                            conditioning=spec.conditioning, n_classes=lab.n_classes)
+        _sync(device)
+        block = time.perf_counter() - t
+        result["epoch"] = {"steps_timed": k, "seconds_timed": block,
+                           "seconds": block / k * full_steps, "exact": k == full_steps}
+    result.update(_peak_memory(device))
+    return result
+
+
+class _StopSampling(Exception):
+    """Raised from the model's pre-forward hook once enough reverse steps were timed."""
+
+
+def time_sampling(model, run: Callable[[], object], total_steps: int, warmup: int,
+                  timed: Optional[int], device: torch.device) -> Dict:
+    """Time the reverse steps of ``run()`` (one model call each) with a pre-forward hook.
+
+    After ``warmup`` steps, ``timed`` steps are timed and the chain is cut short; its total is
+    their mean times ``total_steps`` (``exact: False``). ``timed`` None (or a chain that short)
+    runs every step and reports the measured total.
+    """
+    marks: List[float] = []
+    limit = None if timed is None or warmup + timed >= total_steps else warmup + timed
+
+    def hook(module, args):
+        _sync(device)
+        marks.append(time.perf_counter())
+        if limit is not None and len(marks) > limit:
+            raise _StopSampling
+
+    handle = model.register_forward_pre_hook(hook)
+    _sync(device)
+    t0 = time.perf_counter()
+    exact = True
+    try:
+        run()
+    except _StopSampling:
+        exact = False
+    finally:
+        handle.remove()
+    _sync(device)
+    end = time.perf_counter()
+    if exact:
+        marks.append(end)          # the last step ends when the sampler returns
+    steps = [b - a for a, b in zip(marks, marks[1:])]
+    timed_steps = steps[warmup:] or steps
+    st = stats_ms(timed_steps)
+    total = end - t0 if exact else st["mean"] / 1e3 * total_steps
+    return {"steps": total_steps, "timed_steps": len(timed_steps), "step_ms": st,
+            "seconds": total, "exact": exact}
+
+
+def _sample_phase(job) -> Dict:
+    from ..diffusion import GUIDANCE_WEIGHTS, sample_w
+
+    device, plan, config = torch.device(job["device"]), Plan(**job["plan"]), job["config"]
+    torch.manual_seed(0)
+    lab = _make_lab(job, device, plan)
+    spec, s = lab.spec, lab.settings
+    model = lab.build_model()
+    notes: List[str] = []
+    guided = spec.picture == "guided"
+    weights = list(GUIDANCE_WEIGHTS if plan.weights is None else plan.weights)
+    if guided:
+        if spec.conditioning == "clip-text":
+            c = _clip_embeddings(len(spec.prompts), seed=1).to(device)
+        else:
+            c, _ = lab.context()
+        c = c[:plan.n_context] if plan.n_context else c
+        picture = {"kind": "guided", "rows": len(weights), "cols": len(c),
+                   "images": len(weights) * len(c), "batch_per_step": 2 * len(weights) * len(c)}
+    else:
+        picture = {"kind": "unguided", "images": plan.n_unguided,
+                   "batch_per_step": plan.n_unguided}
+    if config == BASELINE:
+        variants = [("ddpm", s.T, False, lab.ddpm, COURSE_STORE_FREQ)]
+    else:
+        variants = []
+        for kind, steps in (("ddpm", s.T), ("ddim", plan.ddim_steps)):
+            sampler = lab.sampler(steps, kind)
+            variants.append((kind, steps, None, sampler, max(1, sampler.T // GUIDED_FRAMES)))
+    runs = []
+    for kind, steps, bf16, sampler, freq in variants:
+        if guided:
+            def run(sampler=sampler, bf16=bf16, freq=freq):
+                return sample_w(model, sampler, lab.image_shape, sampler.T, c, device, weights,
+                                store_freq=freq, bf16=bf16)
+        else:
+            def run(sampler=sampler, bf16=bf16, freq=freq):
+                return sampler.sample(model, (plan.n_unguided, *lab.image_shape),
+                                      store_every=freq, bf16=bf16)
+        torch.manual_seed(0)
+        r = time_sampling(model, run, sampler.T, plan.sample_warmup, plan.sample_steps, device)
+        r.update(sampler=kind, bf16=use_bf16(device) if bf16 is None else bf16)
+        runs.append(r)
+    out = {"picture": picture, "runs": runs, "notes": notes}
+    out.update(_peak_memory(device))
+    return out
+
+
+PHASES = {"train": _train_phase, "sample": _sample_phase}
+
+
+def _child(job, conn) -> None:
+    """A child process's body: one measurement, its result (or traceback) sent back."""
+    try:
+        thread_info = set_threads(job["threads"])
+        importlib.import_module("torchvision.transforms")   # before, not inside, any timing
+        result = PHASES[job["phase"]](job)
+        result["threads"] = thread_info
+        conn.send(("ok", result))
+    except BaseException as err:   # noqa: BLE001 -- everything goes back to the parent
+        conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+def run_job(job, in_process: bool = False) -> Dict:
+    """One measurement in a fresh ``spawn`` child (``in_process``: here, for debugging)."""
+    if in_process:
+        set_threads(job["threads"])
+        return PHASES[job["phase"]](job)
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    # Not a daemon: torch.compile (--knobs) starts worker processes of its own.
+    proc = ctx.Process(target=_child, args=(job, send))
+    proc.start()
+    send.close()
+    try:
+        status, payload = receive.recv()
+    except EOFError:
+        proc.join()
+        return {"error": f"the child process died (exit code {proc.exitcode}; out of memory?)"}
+    finally:
+        receive.close()
+    proc.join()
+    return payload if status == "ok" else {"error": payload}
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+def _num(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}" if v >= 1 else f"{v:.3g}"
+
+
+def _ms(st: Dict) -> str:
+    return f"{_num(st['median'])} [{_num(st['min'])}-{_num(st['max'])}]"
+
+
+def _ratio(b: Optional[float], o: Optional[float]) -> Optional[float]:
+    return b / o if b and o else None
+
+
+def _row(lab, measure, unit, b, o, b_text, o_text, estimated=False, note=""):
+    return {"lab": lab, "measure": measure, "unit": unit, "baseline": b, "ours": o,
+            "ratio": _ratio(b, o), "baseline_text": b_text, "ours_text": o_text,
+            "estimated": estimated, "note": note}
+
+
+def _failed(res: Optional[Dict]) -> bool:
+    return res is None or "error" in res
+
+
+def lab_rows(lab: str, results: Dict, device: torch.device) -> List[Dict]:
+    """The report's rows for one lab from its measurements (missing ones are skipped)."""
     rows = []
-    for lab in labs:
-        b = batch_size or lab_settings(lab, "full").batch_size
-        fp32 = time_steps(lab, device, b, steps, bf16=False)
-        bf16 = time_steps(lab, device, b, steps, bf16=True)
-        rows.append(dict(lab=lab, batch=b, fp32=fp32, bf16=bf16))
-        print(f"{lab:<18}{b:>6}{fp32:>13.3f}{bf16:>13.3f}{fp32 / bf16:>11.2f}{b / fp32:>15.0f}",
-              flush=True)
+    mem_key = "peak_cuda_mb" if device.type == "cuda" else "peak_rss_mb"
+    mem_name = "peak GPU memory" if device.type == "cuda" else "peak RSS"
+    b, o = results.get((BASELINE, "train")), results.get((OURS, "train"))
+    if not _failed(b) and not _failed(o):
+        prec = "bf16" if o["bf16"] else "fp32"
+        rows.append(_row(lab, f"train step, batch {b['batch']} (ms, median [min-max])", "ms",
+                         b["step_ms"]["median"], o["step_ms"]["median"],
+                         f"{_ms(b['step_ms'])}, {_num(b['images_per_s'])} img/s",
+                         f"{_ms(o['step_ms'])}, {_num(o['images_per_s'])} img/s ({prec})"))
+        for name, key in (("ours + channels_last", "ours+channels_last"),
+                          ("ours + torch.compile", "ours+compile")):
+            k = results.get((key, "train"))
+            if k is None:
+                continue
+            if _failed(k):
+                rows.append(_row(lab, f"train step, {name} (ms)", "ms", None, None, "",
+                                 "failed", note=k.get("error", "").splitlines()[0]))
+                continue
+            note = (f"compile {k['compile_s']:.1f} s (first step less a steady one)"
+                    if "compile_s" in k else "")
+            rows.append(_row(lab, f"train step, {name} (ms)", "ms", b["step_ms"]["median"],
+                             k["step_ms"]["median"], _ms(b["step_ms"]), _ms(k["step_ms"]),
+                             note=note))
+        if "epoch" in b and "epoch" in o:
+            be, oe = b["epoch"], o["epoch"]
+
+            def ep(e, r):
+                how = ("measured" if e["exact"]
+                       else f"est. from {e['steps_timed']} of {r['steps_per_epoch']} steps")
+                return f"{_num(e['seconds'])} ({how})"
+            rows.append(_row(lab, f"epoch incl. data, {o['images']:,} images (s)", "s",
+                             be["seconds"], oe["seconds"], ep(be, b), ep(oe, o),
+                             estimated=not (be["exact"] and oe["exact"])))
+        rows.append(_row(lab, "data preparation, once (s)", "s", b["data_prep_s"],
+                         o["data_prep_s"], _num(b["data_prep_s"]), _num(o["data_prep_s"])))
+        rows.append(_row(lab, f"{mem_name}, training (MB)", "MB", b.get(mem_key), o.get(mem_key),
+                         _num(b.get(mem_key, 0)), _num(o.get(mem_key, 0))))
+    b, o = results.get((BASELINE, "sample")), results.get((OURS, "sample"))
+    if not _failed(b) and not _failed(o):
+        pic = o["picture"]
+        what = (f"{pic['rows']} x {pic['cols']} grid" if pic["kind"] == "guided"
+                else f"{pic['images']} images")
+        base = b["runs"][0]
+        by_kind = {r["sampler"]: r for r in o["runs"]}
+
+        def st(r):
+            how = ("measured" if r["exact"]
+                   else f"est. from {r['timed_steps']} of {r['steps']} steps")
+            return f"{_num(r['seconds'])} ({how}; {_num(r['step_ms']['median'])} ms/step)"
+        for kind, label in (("ddim", f"sample {what}: course DDPM T={base['steps']} fp32 vs "
+                                     f"ours DDIM {DDIM_STEPS}"),
+                            ("ddpm", f"sample {what}: DDPM T={base['steps']}, course fp32 vs "
+                                     "ours (precision only)")):
+            r = by_kind.get(kind)
+            if r is None:
+                continue
+            prec = "bf16" if r["bf16"] else "fp32"
+            rows.append(_row(lab, f"{label} [{prec}] (s)", "s", base["seconds"], r["seconds"],
+                             st(base), st(r), estimated=not (base["exact"] and r["exact"])))
+        rows.append(_row(lab, f"{mem_name}, sampling (MB)", "MB", b.get(mem_key), o.get(mem_key),
+                         _num(b.get(mem_key, 0)), _num(o.get(mem_key, 0))))
+    for (config, phase), res in results.items():
+        if _failed(res):
+            err = (res or {}).get("error", "not run").strip().splitlines()
+            rows.append(_row(lab, f"{phase} ({config})", "", None, None, "failed", "failed",
+                             note=err[0] if err else ""))
     return rows
+
+
+CLIP_NOTE = ("flowers-clip: lab.dataset() needs CLIP; fixed random 512-d vectors stand in for "
+             "the image and prompt encodings in both configurations (ours reads the same "
+             "photos with our own flowers loader, load_flowers_tensors).")
+NOTES = [
+    "baseline = the course's way: fp32, eager, default memory format, plain torch.optim.Adam, "
+    "a DataLoader(batch_size=B, shuffle=True, drop_last=True) transforming each item "
+    "(Fashion-MNIST: PIL Resize(16), ToTensor, RandomHorizontalFlip, 2t-1 over train+test; "
+    "flowers: pre-transformed once, per item RandomCrop(32) + RandomHorizontalFlip on the "
+    "device), sampling with DDPM over all T steps in fp32. The course wraps its models in "
+    "torch.compile; the baseline here is eager (--knobs measures compile).",
+    "ours = labutils: Lab's model/optimizer (fused Adam on CUDA)/loss, BatchLoader over "
+    "lab.dataset() with lab.augment(), labutils.training.train, bf16 autocast where "
+    "use_bf16() says so; sampling with lab.sampler(50, 'ddim') and DDPM over all T steps.",
+    "ratio = baseline / ours: above 1, ours is faster (or smaller).",
+    "train step: one fixed batch, warm-up steps untimed, then timed steps (synchronized on "
+    "CUDA); median [min-max]; img/s = batch / median. Epoch: K steps through the data path as "
+    "one block, scaled to the epoch's steps (est.), or a whole epoch (--full-epoch).",
+    "sampling: one untimed warm-up reverse step, then timed steps (a pre-forward hook; "
+    "synchronized on CUDA); est. = their mean x all steps (--exact-sampling runs them all).",
+    "each (lab, configuration, training | sampling) ran in its own spawned process: peak "
+    "memory is its own (RSS: ru_maxrss; GPU: torch.cuda.max_memory_allocated).",
+]
+
+
+def render_markdown(report: Dict) -> str:
+    h = report["header"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in h["cpu_flags"].items())
+    lines = [f"# labutils bench ({h['date']})", "",
+             f"- device: {h['device']} ({h['device_name']})" +
+             (f", CPU {h['cpu']}" if h["device"].startswith("cuda") else ""),
+             f"- torch {h['torch']}, Python {h['python']}",
+             f"- threads: {h['threads']} ({h['threads_reason']})",
+             f"- CPU flags: {flags}; native bf16: {'yes' if h['native_bf16'] else 'no'}; "
+             f"ours uses bf16: {'yes' if h['ours_bf16'] else 'no'}",
+             f"- command: `{h['command']}`" + ("  (smoke: tiny sizes, numbers mean nothing)"
+                                               if report["options"]["smoke"] else ""),
+             "", "| lab | measure | baseline (course) | ours | baseline/ours |",
+             "|---|---|---|---|---|"]
+    for r in report["rows"]:
+        ratio = f"**{r['ratio']:.2f}x**" if r["ratio"] else "-"
+        measure = r["measure"] + (f" ({r['note']})" if r["note"] else "")
+        lines.append(f"| {r['lab']} | {measure} | {r['baseline_text']} | {r['ours_text']} "
+                     f"| {ratio} |")
+    lines += ["", "Plans (per lab): " + "; ".join(
+        f"{lab}: batch {p['batch']}, {p['warmup']} warm-up + {p['reps']} timed steps, "
+        f"K = {p['epoch_steps'] or 'a whole epoch'}, sampling "
+        f"{'all steps' if p['sample_steps'] is None else str(p['sample_steps']) + ' timed steps'}"
+        for lab, p in report["plans"].items()), "", "Notes:", ""]
+    lines += [f"- {n}" for n in NOTES + report.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, report: Dict) -> None:
+    from .files import write_text_atomic
+    write_text_atomic(out / "bench.json", json.dumps(report, indent=2, default=str))
+    write_text_atomic(out / "bench.md", render_markdown(report))
+
+
+def run_bench(opts: BenchOptions, thread_info: Optional[Dict] = None,
+              in_process: bool = False, command: Optional[str] = None) -> int:
+    """Measure, print and write the report; 0 when every measurement ran, else 1."""
+    from .files import check_writable
+    for lab in opts.labs:
+        if lab not in BENCH_LABS:
+            raise ConfigError(f"bench: lab {lab!r} has no diffusion (T) to measure; choose from "
+                              f"{', '.join(BENCH_LABS)}")
+    if opts.what not in ("train", "sample", "all"):
+        raise ConfigError(f"--what must be train, sample or all, got {opts.what!r}")
+    device = get_device(opts.device)
+    # The data first: a missing folder is one message here, not a failure in every child.
+    if any(REGISTRY[lab].data == "flowers" for lab in opts.labs):
+        from ..data.flowers import find_flowers
+        find_flowers(opts.flowers_dir)
+    if any(REGISTRY[lab].data == "fashion-mnist" for lab in opts.labs):
+        from ..data.fashion_mnist import find_fashion_mnist
+        find_fashion_mnist(opts.data_dir)
+    thread_info = thread_info or set_threads(opts.threads)
+    out = Path(opts.out) if opts.out else Path("runs") / f"bench-{timestamp()}"
+    check_writable(out, "--out", folder=True)
+    head = header(device, thread_info, command)
+    print(f"labutils bench on {head['device']} ({head['device_name']}), torch {head['torch']}, "
+          f"{head['threads']} threads ({head['threads_reason']}); native bf16: "
+          f"{'yes' if head['native_bf16'] else 'no'} ("
+          + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in head["cpu_flags"].items())
+          + f"); ours in bf16: {'yes' if head['ours_bf16'] else 'no'}", flush=True)
+    plans = {lab: make_plan(lab, device, opts) for lab in opts.labs}
+    phases = ("train", "sample") if opts.what == "all" else (opts.what,)
+    configs = [BASELINE, OURS]
+    jobs = []
+    for lab in opts.labs:
+        for phase in phases:
+            for config in configs + (list(KNOBS) if opts.knobs and phase == "train" else []):
+                jobs.append({"lab": lab, "config": config, "phase": phase, "device": str(device),
+                             "threads": opts.threads, "plan": dataclasses.asdict(plans[lab]),
+                             "data_dir": opts.data_dir, "flowers_dir": opts.flowers_dir})
+    report = {"header": head, "options": {k: (str(v) if isinstance(v, Path) else v)
+                                          for k, v in dataclasses.asdict(opts).items()},
+              "plans": {lab: dataclasses.asdict(p) for lab, p in plans.items()},
+              "results": {lab: {} for lab in opts.labs}, "rows": [],
+              "notes": [CLIP_NOTE] if "flowers-clip" in opts.labs else []}
+    results: Dict[str, Dict] = {lab: {} for lab in opts.labs}
+    failed = 0
+    for i, job in enumerate(jobs, 1):
+        t = time.perf_counter()
+        print(f"[{i}/{len(jobs)}] {job['lab']} {job['config']} {job['phase']} ...", end=" ",
+              flush=True)
+        res = run_job(job, in_process)
+        results[job["lab"]][(job["config"], job["phase"])] = res
+        report["results"][job["lab"]][f"{job['config']}/{job['phase']}"] = res
+        if "error" in res:
+            failed += 1
+            print(f"FAILED ({res['error'].splitlines()[0]})", flush=True)
+        else:
+            print(f"{time.perf_counter() - t:.1f} s", flush=True)
+            for note in res.get("notes", []):
+                note = f"{job['lab']}: {note}"
+                if note not in report["notes"]:
+                    report["notes"].append(note)
+        report["rows"] = [r for lab in opts.labs for r in lab_rows(lab, results[lab], device)]
+        _write(out, report)
+    text = render_markdown(report)
+    print("\n" + text[text.index("| lab |"):text.index("\nPlans")], flush=True)
+    print(f"report: {out / 'bench.md'} and {out / 'bench.json'}", flush=True)
+    return 1 if failed else 0

@@ -12,18 +12,18 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import random
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from .files import atomic_path
 
 FORMAT = 1
 _NAME = re.compile(r"^ckpt-step(\d+)\.pt$")
@@ -98,43 +98,11 @@ def set_rng_state(state: Dict, device=None) -> None:
 
 # --- atomic save, safe load -----------------------------------------------------------------
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def umask_mode() -> int:
-    """The mode a new file gets under this process's umask (mkstemp's files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save_atomic(obj, path) -> Path:
     """``torch.save`` to ``path`` so that ``path`` is always either the old or the new file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, umask_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return path
 
 

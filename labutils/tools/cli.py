@@ -161,9 +161,29 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import run_bench
-    run_bench(args.labs, args.device, args.batch_size, args.steps)
-    return 0
+    import shlex
+
+    from .bench import BenchOptions, run_bench
+    opts = BenchOptions(
+        labs=args.labs, device=args.device, threads=args.threads, reps=args.reps,
+        warmup=args.warmup, batch_size=args.batch_size, epoch_steps=args.epoch_steps,
+        full_epoch=args.full_epoch, sample_steps=args.sample_steps,
+        exact_sampling=args.exact_sampling, what=args.what, knobs=args.knobs, smoke=args.smoke,
+        out=args.out, data_dir=args.data_dir, flowers_dir=args.flowers_dir)
+    parts = ["labutils", "bench", "--labs", *args.labs]
+    for flag, value in (("--device", args.device), ("--threads", args.threads),
+                        ("--reps", args.reps), ("--warmup", args.warmup),
+                        ("--batch-size", args.batch_size), ("--epoch-steps", args.epoch_steps),
+                        ("--sample-steps", args.sample_steps), ("--out", args.out),
+                        ("--data-dir", args.data_dir), ("--flowers-dir", args.flowers_dir)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += [f"--{flag.replace('_', '-')}" for flag in ("full_epoch", "exact_sampling",
+                                                         "knobs", "smoke") if getattr(args, flag)]
+    if args.what != "all":
+        parts += ["--what", args.what]
+    command = " ".join(shlex.quote(a) for a in parts)
+    return run_bench(opts, getattr(args, "thread_info", None), command=command)
 
 
 def _cmd_run_labs(args) -> int:
@@ -332,14 +352,55 @@ def build_parser() -> argparse.ArgumentParser:
                                       "modules' search order)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("bench", help="time training steps of each lab's model, fp32 vs bf16")
-    p.add_argument("--labs", nargs="+", choices=LABS,
-                   default=["fmnist-unet", "fmnist-ddpm", "fmnist-optimized", "fmnist-cfg"],
-                   metavar="LAB", help="labs to time (default: the Fashion-MNIST ones)")
+    from ..config import lab_settings   # labs with diffusion (T) can be benched
+    bench_labs = [lab for lab in LABS if lab_settings(lab, "full").T]
+    bench_default = ["fmnist-optimized", "fmnist-cfg", "flowers-clip"]   # labs 03, 04, 05
+    p = sub.add_parser(
+        "bench", help="time training and sampling: the course's way vs labutils', same run",
+        description="Measure each lab twice in the same run, the course's way (fp32, eager, "
+                    "plain Adam, a DataLoader transforming each item, DDPM over all T steps) "
+                    "and labutils' (BatchLoader, train(), bf16 where native, DDIM 50): training "
+                    "step (median and spread), an epoch incl. data (est. from K steps), data "
+                    "preparation, peak memory, sampling the course's grids. Each measurement "
+                    "runs in its own process. Writes bench.json and bench.md. Defaults: 2 "
+                    "warm-up + 5 timed steps; on a CPU, models over 10M parameters (flowers) "
+                    "1 + 2 steps, K = 2 and 3 timed reverse steps (an fp32 step at batch 128 "
+                    "takes ~30 s on 2 cores). A benchmark: nothing is asserted.")
+    p.add_argument("--labs", nargs="+", choices=bench_labs, default=bench_default,
+                   metavar="LAB", help="labs to measure, any with diffusion: "
+                                       f"{', '.join(bench_labs)} (default: "
+                                       f"{' '.join(bench_default)})")
+    _compute_args(p)
+    p.add_argument("--reps", type=_int_at_least(1, "--reps"),
+                   help="timed training steps (default 5; 2 for >10M-parameter models on a CPU)")
+    p.add_argument("--steps", dest="reps", type=_int_at_least(1, "--steps"),
+                   help=argparse.SUPPRESS)   # the old name of --reps
+    p.add_argument("--warmup", type=_int_at_least(0, "--warmup"),
+                   help="untimed steps first (default 2; 1 for >10M-parameter models on a CPU)")
     p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"),
-                   help="default: the course's batch of each lab")
-    p.add_argument("--steps", type=_int_at_least(1, "--steps"), default=5)
-    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+                   help="default: the course's batch (128)")
+    p.add_argument("--epoch-steps", type=_int_at_least(1, "--epoch-steps"),
+                   help="K: steps incl. data timed to estimate an epoch (default: --reps on a "
+                        "CPU, 50 on a GPU)")
+    p.add_argument("--full-epoch", action="store_true", help="time a whole epoch instead")
+    p.add_argument("--sample-steps", type=_int_at_least(1, "--sample-steps"),
+                   help="reverse steps timed to estimate a sampling chain (default on a CPU: "
+                        "10; 3 for >10M-parameter models; on a GPU: all)")
+    p.add_argument("--exact-sampling", action="store_true",
+                   help="run every reverse step (DDPM T=400 on a CPU takes many minutes)")
+    p.add_argument("--what", choices=("train", "sample", "all"), default="all")
+    p.add_argument("--knobs", action="store_true",
+                   help="also ours with channels_last and with torch.compile (training step; "
+                        "compile time reported apart)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes (batch 8, 1+2 steps, 2 timed reverse steps, a 2 x 2 "
+                        "grid): checks the mechanics in seconds; the numbers mean nothing")
+    p.add_argument("--out", type=Path,
+                   help="folder for bench.json and bench.md (default runs/bench-<timestamp>)")
+    p.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual search)")
+    p.add_argument("--flowers-dir",
+                   help="flower photos <dir>/<class>/*.jpg (default LABUTILS_FLOWERS_DIR, "
+                        "else data/cropped_flowers)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser(

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 from ..config import ConfigError
-from .checkpoint import umask_mode
 
 # What ``labutils sample --out`` may write, by suffix (the bytes always match the name).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -45,36 +44,60 @@ def image_format(path, what: str = "--out") -> str:
     return fmt
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def umask_mode() -> int:
+    """The mode a new file gets under this process's umask (mkstemp's files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(directory: Path) -> None:
     try:
-        os.chmod(tmp, umask_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
-def save_png(image, path: Path, format: str = "PNG") -> Path:
-    """Write ``image`` atomically in ``format`` (see :func:`image_format`)."""
+@contextlib.contextmanager
+def atomic_path(path: Path, fsync: bool = True):
+    """A temporary file next to ``path`` to write; when the block ends without an error it
+    replaces ``path`` (synced to disk first when ``fsync``), so ``path`` is always either the
+    old file or the complete new one. On any error (or a kill) the temporary file goes."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, umask_mode())
-        (image.convert("RGB") if format == "JPEG" and image.mode not in ("RGB", "L")
-         else image).save(tmp, format=format)
+        yield Path(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_png(image, path: Path, format: str = "PNG") -> Path:
+    """Write ``image`` atomically in ``format`` (see :func:`image_format`)."""
+    with atomic_path(path, fsync=False) as tmp:
+        (image.convert("RGB") if format == "JPEG" and image.mode not in ("RGB", "L")
+         else image).save(tmp, format=format)
     return path
 
 
