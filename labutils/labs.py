@@ -190,7 +190,7 @@ class SampleRequest:
     weights: Optional[Sequence[float]] = None
     steps: Optional[int] = None
     sampler: Optional[str] = None             # "ddpm" | "ddim" (default: the settings')
-    eta: float = 0.0                          # DDIM's noise (0: deterministic)
+    eta: Optional[float] = None               # DDIM's noise (None: diffusion.default_eta)
     n: int = 16
     examples: Optional[torch.Tensor] = None   # lab 01: clean images to noise and denoise
     frames: int = 15
@@ -330,9 +330,10 @@ class Lab:
     # --- what the lab draws ----------------------------------------------------------------------
 
     def sampler(self, steps: Optional[int] = None, kind: Optional[str] = None,
-                eta: float = 0.0) -> DDPM:
+                eta: Optional[float] = None) -> DDPM:
         """The reverse process: ``kind`` "ddpm" (the course's) or "ddim" over ``steps`` steps
-        (defaults: the settings' ``sampler`` and ``sample_steps``, else all T)."""
+        (defaults: the settings' ``sampler`` and ``sample_steps``, else all T; DDIM's ``eta``:
+        :func:`labutils.diffusion.default_eta`)."""
         steps = steps or self.settings.sample_steps or self.settings.T
         try:
             return make_sampler(self.ddpm, kind or self.settings.sampler, steps, eta)

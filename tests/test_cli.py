@@ -174,7 +174,7 @@ def test_threads_and_ddim_from_the_command_line(tmp_path):
             text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1"))
         assert done.returncode == 0, done.stderr
         assert "ddim sampler, 1 threads" in done.stdout
-    assert pngs[0].read_bytes() == pngs[1].read_bytes()   # same seed, deterministic sampler
+    assert pngs[0].read_bytes() == pngs[1].read_bytes()   # same seed, same picture
 
     bad = run_cli("sample", run, "--sampler", "ddpm", "--eta", "0.5", "--out", tmp_path / "x.png")
     assert bad.returncode == 2 and "eta applies to the DDIM sampler only" in bad.stderr

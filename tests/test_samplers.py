@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from labutils.config import ConfigError, lab_settings
-from labutils.diffusion import DDIM, DDPM, SAMPLERS, make_sampler, sample_w
+from labutils.diffusion import DDIM, DDPM, SAMPLERS, default_eta, make_sampler, sample_w
 from labutils.labs import Lab
 
 T = 150
@@ -33,7 +33,7 @@ def test_ddim_lands_on_the_data_with_an_exact_model(steps):
 def test_ddim_is_deterministic_and_uses_no_randomness_after_the_start():
     ddpm = DDPM.linear(T)
     model = oracle(ddpm, torch.zeros(1, 1, 4, 4))
-    sampler = ddpm.ddim(20)
+    sampler = ddpm.ddim(20, eta=0.0)
     torch.manual_seed(1)
     a, _ = sampler.sample(lambda x, t: model(x, t) + 0.3, (2, 1, 4, 4))
     after_a = torch.rand(1)
@@ -79,6 +79,15 @@ def test_ddim_clips_its_x0_prediction_to_the_data_range():
     torch.manual_seed(0)
     unclipped, _ = free.sample(oracle(ddpm, far), (1, 1, 2, 2))
     assert torch.allclose(unclipped, far, atol=1e-3)
+
+
+def test_ddim_is_deterministic_by_default_only_where_the_schedule_ends_in_noise():
+    # T = 150 (labs 02-04) keeps a_bar_T = 0.22 of the signal: deterministic DDIM from pure
+    # noise draws badly there (README); T = 400 (the flowers labs) ends at 0.017.
+    assert default_eta(DDPM.linear(150)) == 1.0 and DDPM.linear(150).ddim(50).eta == 1.0
+    assert default_eta(DDPM.linear(400)) == 0.0 and DDPM.linear(400).ddim(50).eta == 0.0
+    assert DDPM.linear(150).ddim(50, eta=0.0).eta == 0.0
+    assert make_sampler(DDPM.linear(400), "ddim", 25).eta == 0.0
 
 
 def test_ddim_keeps_the_marginals_of_the_steps_it_keeps():

@@ -85,7 +85,8 @@ def _fd(judge: Judge, images: torch.Tensor, floor: Dict) -> Dict:
 
 
 def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = None,
-             steps: Optional[int] = None, sampler: Optional[str] = None, eta: float = 0.0,
+             steps: Optional[int] = None, sampler: Optional[str] = None,
+             eta: Optional[float] = None,
              seed: int = 0, judge: Optional[Judge] = None, progress=print) -> Dict:
     """Score ``model`` (a model of ``lab``) with the judge; a JSON-ready dict (see
     :func:`format_report`). ``n``: samples per guidance weight (unguided labs: in all);
@@ -102,7 +103,7 @@ def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = N
     schedule = lab.sampler(steps, sampler, eta)
     report = {
         "lab": s.lab, "profile": s.profile, "conditioning": spec.conditioning,
-        "sampler": sampler or s.sampler, "eta": eta,
+        "sampler": sampler or s.sampler, "eta": getattr(schedule, "eta", None),
         "sampling_steps": schedule.T, "T": s.T, "n": n, "seed": seed,
         "judge": {"name": judge.name, "source": judge.meta["source"],
                   "heldout_accuracy": judge.test_accuracy, "n_heldout": len(real),

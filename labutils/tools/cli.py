@@ -227,8 +227,10 @@ def _sampling_args(p) -> None:
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="ddpm (the course's) or ddim (deterministic; 50 steps do what DDPM "
                         "needs T for); default: the profile's")
-    p.add_argument("--eta", type=_finite_float("--eta", at_most=1.0), default=0.0,
-                   help="DDIM's noise, 0 (deterministic, default) ... 1 (as much as DDPM)")
+    p.add_argument("--eta", type=_finite_float("--eta", at_most=1.0),
+                   help="DDIM's noise, 0 (deterministic) ... 1 (as much as DDPM); default 0 "
+                        "where the schedule ends in pure noise (T=400), else 1 (T=150: see "
+                        "README)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
