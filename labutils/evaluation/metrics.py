@@ -94,3 +94,13 @@ def best_weight(per_weight: Dict[float, Dict], key: str = "overall") -> Optional
     """The guidance weight whose ``accuracy[key]`` is highest (the smaller w on a tie)."""
     scored = [(v["accuracy"][key], -w, w) for w, v in per_weight.items() if v.get("accuracy")]
     return max(scored)[2] if scored else None
+
+
+def clip_score(image_features: torch.Tensor, text_features: torch.Tensor) -> float:
+    """CLIP score (Hessel et al., 2021) of prompt/image pairs: the mean over rows of
+    ``100 * max(cos(image_i, text_i), 0)``; row ``i`` of each is one pair."""
+    if image_features.shape != text_features.shape:
+        raise ValueError(f"one text row per image: {tuple(image_features.shape)} vs "
+                         f"{tuple(text_features.shape)}")
+    cos = torch.nn.functional.cosine_similarity(image_features.float(), text_features.float())
+    return float(100 * cos.clamp(min=0).mean())
