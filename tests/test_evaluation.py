@@ -11,7 +11,8 @@ import torch
 from labutils.config import ConfigError, lab_settings
 from labutils.data import TensorImageDataset, load_fashion_mnist_tensors
 from labutils.evaluation import judges as J
-from labutils.evaluation.evaluate import class_prompts, evaluate, format_report
+from labutils.evaluation.evaluate import (class_prompts, evaluate, evaluate_denoiser,
+                                          format_denoiser_report, format_report, heldout_floor)
 from labutils.evaluation.metrics import (best_weight, class_histogram, conditional_accuracy,
                                          frechet_distance, histogram_entropy, real_floor)
 from labutils.labs import Lab
@@ -143,6 +144,14 @@ def test_real_floor_uses_disjoint_halves_when_there_are_few_images():
         real_floor(feats[:3], 10)
 
 
+@pytest.mark.parametrize("n", [30, 10_000])
+def test_the_heldout_floor_featurises_only_what_it_uses_and_changes_nothing(tiny_judge, n):
+    full = real_floor(tiny_judge.features(tiny_judge.heldout.images), n, seed=3)
+    fast = heldout_floor(tiny_judge, n, seed=3)
+    assert fast["n"] == full["n"] == min(n, len(tiny_judge.heldout) // 2)
+    assert fast["floor"] == full["floor"] and torch.equal(fast["reference"], full["reference"])
+
+
 def test_conditional_accuracy_of_real_labelled_images_is_the_judges_accuracy(tiny_judge,
                                                                               tiny_splits):
     test = tiny_splits.test
@@ -200,6 +209,50 @@ def test_evaluate_refuses_a_lab_without_a_sampler(tiny_judge):
     lab = Lab(lab_settings("fmnist-unet", "ci"), "cpu")
     with pytest.raises(ConfigError, match="no T"):
         evaluate(lab, lab.build_model(), n=10, judge=tiny_judge, progress=None)
+
+
+class _Oracle(torch.nn.Module):
+    """A perfect denoiser: it saw each noised image made (``noise``) and returns its original."""
+
+    def __init__(self):
+        super().__init__()
+        self.noised, self.clean = [], []
+
+    def noise(self, x):
+        from labutils.labs import lab01_noise
+        y = lab01_noise(x)
+        self.noised.append(y.flatten(1))
+        self.clean.append(x)
+        return y
+
+    def forward(self, y):
+        seen, clean = torch.cat(self.noised), torch.cat(self.clean)
+        idx = torch.cdist(y.flatten(1), seen).argmin(1)
+        return clean[idx]
+
+
+def test_evaluate_denoiser_brackets_a_model_between_noised_and_clean(tiny_judge, tiny_splits):
+    lab = Lab(lab_settings("fmnist-unet", "ci"), "cpu")
+    n = len(tiny_splits.test)   # all held-out images: clean accuracy is the judge's own
+    ident = evaluate_denoiser(lab, torch.nn.Identity(), n=n, judge=tiny_judge, progress=None)
+    assert ident["n"] == n and ident["clean"]["accuracy"] == pytest.approx(tiny_judge.test_accuracy)
+    assert ident["clean"]["mse"] == 0 and ident["noised"]["mse"] > 0.2
+    assert ident["noised"]["accuracy"] < ident["clean"]["accuracy"] - 0.1
+    # The identity "denoiser" undoes nothing; an oracle undoes everything.
+    assert ident["denoised"] == ident["noised"]
+    perfect = _Oracle()
+    oracle = evaluate_denoiser(lab, perfect, n=n, noise=perfect.noise, judge=tiny_judge,
+                               progress=None)
+    assert oracle["noised"] == ident["noised"]                    # the same seeded noise
+    assert oracle["denoised"]["mse"] == pytest.approx(0, abs=1e-6)
+    assert oracle["denoised"]["accuracy"] == pytest.approx(oracle["clean"]["accuracy"])
+    json.dumps(oracle)
+    assert "wins back 100%" in format_denoiser_report(oracle)
+    assert "wins back 0%" in format_denoiser_report(ident)
+    # A diffusion lab is scored by its samples, not here.
+    with pytest.raises(ConfigError, match="evaluate"):
+        evaluate_denoiser(Lab(lab_settings("fmnist-ddpm", "ci"), "cpu"), torch.nn.Identity(),
+                          n=10, judge=tiny_judge, progress=None)
 
 
 def test_class_prompts_name_one_flower_each():
