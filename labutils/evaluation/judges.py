@@ -240,7 +240,8 @@ def train_judge(data: JudgeData, recipe: Recipe, seed: int = 0, progress=None) -
                 loss.backward()
                 opt.step()
                 sched.step()
-            if progress:
+            # About ten lines however many epochs: a notebook's output stays readable.
+            if progress and (epoch + 1) % max(1, recipe.epochs // 10) == 0:
                 progress(f"judge: epoch {epoch + 1}/{recipe.epochs}, loss {float(loss.detach()):.3f}")
     meta = {"version": JUDGE_VERSION, "classes": list(data.classes), "img_ch": img_ch,
             "img_size": int(data.train.images.shape[-1]), "width": recipe.width,
