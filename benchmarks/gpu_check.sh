@@ -26,11 +26,9 @@
 # Exit 0 when every step passed, 1 otherwise, 2 without a usable GPU (unless DRY_RUN=1).
 set -u
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
-OUT=${OUT:-runs/gpu-check}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+# shellcheck source=benchmarks/lib.sh
+. benchmarks/lib.sh
+lib_setup runs/gpu-check
 DRY=${DRY_RUN:-0}
 if [ -z "${FLOWERS_DIR:-}" ]; then
   for d in /work/shared/data/flowers data/flowers data/cropped_flowers; do
@@ -45,8 +43,6 @@ export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 LABUTILS_CLIP_OFFLINE=${LABUTILS_CLIP_O
 export LABUTILS_FLOWERS_DIR="$FLOWERS_DIR"
 BUDGET=${CHECK_BUDGET_S:-470}
 SUMMARY="$OUT/summary.txt"
-# shellcheck source=benchmarks/lib.sh
-. benchmarks/lib.sh
 lib_init
 PICS="$OUT/pictures"
 mkdir -p "$PICS"

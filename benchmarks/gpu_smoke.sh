@@ -21,16 +21,12 @@
 #  8 with 2+ GPUs: torchrun with 2 processes (NCCL), SIGTERM to torchrun, resume, equal digests
 set -u
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
-OUT=${OUT:-runs/gpu-smoke}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+# shellcheck source=benchmarks/lib.sh
+. benchmarks/lib.sh
+lib_setup runs/gpu-smoke
 export TQDM_DISABLE=1 LABUTILS_CLIP_OFFLINE=1 PYTHONUNBUFFERED=1
 BUDGET=${SMOKE_BUDGET_S:-470}      # seconds for the whole script (8 minutes less a margin)
 SUMMARY="$OUT/summary.txt"
-# shellcheck source=benchmarks/lib.sh
-. benchmarks/lib.sh                # step NAME LIMIT COMMAND...: time limit, log, summary line
 lib_init
 
 lu() { "$PY" -m labutils "$@"; }

@@ -2,6 +2,8 @@
 # Shared by the scripts in benchmarks/ (gpu_smoke.sh, gpu_check.sh): source it from the
 # repository root after setting OUT (a folder) and optionally SUMMARY (a text file) and BUDGET.
 #
+#   lib_setup DEFAULT_OUT          cd to the repository root; PY (PYTHON, .venv, python3) and
+#                                  OUT (an absolute folder, default DEFAULT_OUT), created
 #   lib_init                       start the clock; steps.tsv and the text summary begin empty
 #   step NAME LIMIT COMMAND...     run COMMAND with a time limit, its output to $OUT/NAME.log;
 #                                  one line in $SUMMARY, one row in $OUT/steps.tsv; FAILED=1 if
@@ -9,6 +11,14 @@
 #                                  runs in a child bash, which sees PY, OUT and what is exported
 #   summary_table                  the steps so far as a Markdown table (step, seconds, result)
 #   remaining                      seconds left of $BUDGET
+
+lib_setup() {
+  PY=${PYTHON:-.venv/bin/python}
+  [ -x "$PY" ] || PY=python3
+  OUT=${OUT:-$1}
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+}
 
 lib_init() {
   : "${OUT:?set OUT before lib_init}"
