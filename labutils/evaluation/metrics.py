@@ -87,7 +87,7 @@ def histogram_entropy(hist: Dict[str, int]) -> float:
     """Entropy of a class histogram in bits (log2(classes) for uniform; 0 for one class)."""
     counts = torch.tensor(list(hist.values()), dtype=torch.float64)
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())
+    return float(-(p * p.log2()).sum()) + 0.0   # + 0.0: one class gives 0.0, not -0.0
 
 
 def best_weight(per_weight: Dict[float, Dict], key: str = "overall") -> Optional[float]:
