@@ -326,3 +326,12 @@ def test_the_assessment_lab_has_data_now():
     data = lab.dataset()
     assert data.images.shape[1:] == (1, 28, 28) and len(data) == 1024
     assert sum(p.numel() for p in lab.build_model().parameters()) == 2_547_457
+
+
+def test_a_judge_trains_even_when_first_needed_under_no_grad(tiny_splits, tmp_path):
+    # evaluate_denoiser and the samplers run under no_grad; the judge they ask for may not
+    # exist yet (a fresh clone, a new data folder) and must still train.
+    with torch.no_grad():
+        judge = J.get_judge("fashion-mnist", 16, splits=tiny_splits, recipe=TINY,
+                            directory=tmp_path, progress=None)
+    assert judge.test_accuracy > 0.55

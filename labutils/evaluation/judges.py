@@ -217,7 +217,8 @@ def train_judge(data: JudgeData, recipe: Recipe, seed: int = 0, progress=None) -
     """Train a judge on ``data.train`` (fixed seed, fp32, CPU-friendly); accuracy on ``data.test``."""
     t0 = time.perf_counter()
     img_ch = data.train.images.shape[1]
-    with torch.random.fork_rng(devices=[]):
+    # enable_grad: a judge is often first needed inside an evaluation under no_grad.
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         net = JudgeNet(img_ch, len(data.classes), recipe.width)
         opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-4)
