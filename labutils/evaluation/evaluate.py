@@ -20,7 +20,7 @@ from ..config import ConfigError, seeded
 from ..diffusion import sample_w
 from ..labs import lab01_noise
 from ..modules import evaluating
-from .judges import CI_TRAIN_IMAGES, FEATURE_DIM, Judge, get_judge
+from .judges import CI_TRAIN_IMAGES, Judge, get_judge
 from .metrics import (best_weight, class_histogram, clip_score, conditional_accuracy,
                       frechet_distance, histogram_entropy, real_floor)
 
@@ -97,15 +97,8 @@ def _fd(judge: Judge, images: torch.Tensor, floor: Dict) -> Dict:
 
 
 def heldout_floor(judge: Judge, n: int, seed: int = 0) -> Dict:
-    """:func:`real_floor` of the judge's held-out images, computing features only for the
-    ``2n`` images its seeded draw uses (the same draw, so the same result; 10,000 images
-    cost seconds on a CPU, a ``ci`` evaluation uses 40)."""
-    images = judge.heldout.images
-    m = min(n, len(images) // 2)
-    picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:2 * m]
-    features = torch.zeros(len(images), FEATURE_DIM, dtype=torch.float64)
-    features[picked] = judge.features(images[picked])
-    return real_floor(features, n, seed)
+    """:func:`real_floor` of the judge's held-out images (features of the drawn ones only)."""
+    return real_floor(judge.heldout.images, n, seed, features=judge.features)
 
 
 def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = None,

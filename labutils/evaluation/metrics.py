@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -43,16 +43,21 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return max(value, 0.0)
 
 
-def real_floor(real_features: torch.Tensor, n: int, seed: int = 0) -> Dict:
-    """Split ``real_features`` into a reference set and a second set, each of ``n`` rows (fewer
-    when there are not ``2n``): ``{"n", "floor", "reference"}``, where ``floor`` is the distance
-    between the two real sets and ``reference`` the rows generated samples are compared with."""
-    m = min(n, len(real_features) // 2)
+def real_floor(real: torch.Tensor, n: int, seed: int = 0,
+               features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict:
+    """Split ``real`` into a reference set and a second set, each of ``n`` rows (fewer when there
+    are not ``2n``): ``{"n", "floor", "reference"}``, where ``floor`` is the distance between the
+    two real sets and ``reference`` the rows generated samples are compared with. ``real`` holds
+    features, or images when ``features`` maps images to features (only the ``2n`` drawn ones
+    are mapped: a judge's 10,000 held-out images cost seconds on a CPU)."""
+    m = min(n, len(real) // 2)
     if m < 2:
-        raise ValueError(f"need at least 4 real images for a floor, got {len(real_features)}")
+        raise ValueError(f"need at least 4 real images for a floor, got {len(real)}")
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(real_features), generator=g)
-    ref, other = real_features[idx[:m]], real_features[idx[m:2 * m]]
+    chosen = real[torch.randperm(len(real), generator=g)[:2 * m]]
+    if features is not None:
+        chosen = features(chosen)
+    ref, other = chosen[:m], chosen[m:2 * m]
     return {"n": m, "floor": frechet_distance(ref, other), "reference": ref}
 
 
