@@ -1,5 +1,5 @@
 """labutils as a drop-in for the course's utils: the course's own call patterns, row by row of
-README's "Course names -> labutils" table.
+the "Course names -> labutils" table of docs/course-map.md.
 
 Each test calls labutils the way the course's notebooks call ``other_utils``, ``ddpm_utils`` and
 ``UNet_utils`` (positional arguments, float timesteps and labels, lists of frames, ...). The
@@ -29,7 +29,8 @@ from labutils.models import (BasicUNet, DownBlock, EmbedBlock, GELUConvBlock,  #
                              UNet, UpBlock, course_key_map, from_course_state_dict,
                              to_course_state_dict)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+COURSE_MAP = ROOT / "docs" / "course-map.md"
 
 
 def _grid(x, nrow):
@@ -40,7 +41,7 @@ def _grid(x, nrow):
 # --- the table itself ----------------------------------------------------------------------------
 
 def _table_rows():
-    text = README.read_text()
+    text = COURSE_MAP.read_text()
     section = text.split("## Course names -> labutils", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")][2:]   # no header
     return [tuple(cell.strip() for cell in row.strip("|").split("|")[:2]) for row in rows]
@@ -89,7 +90,7 @@ def _row_key(course_cell):
 
 def test_every_row_of_the_table_has_tests_and_its_names_exist():
     rows = _table_rows()
-    assert len(rows) >= 9, "README's course-names table lost rows"
+    assert len(rows) >= 9, "docs/course-map.md's course-names table lost rows"
     keys = [_row_key(course) for course, _ in rows]
     assert sorted(keys) == sorted(ROW_TESTS), "a table row without tests here, or the reverse"
     for key in keys:
@@ -644,7 +645,7 @@ EXPECTED_COUNT_ASSERTS = {"01": 1, "02": 1, "03": 1, "04": 2, "05": 1}
 @pytest.mark.parametrize("lab", sorted(EXPECTED_COUNT_ASSERTS))
 def test_every_lab_notebook_asserts_its_course_parameter_counts(lab):
     import nbformat
-    [path] = (README.parent / "notebooks").glob(f"{lab}_*.ipynb")
+    [path] = (ROOT / "notebooks").glob(f"{lab}_*.ipynb")
     code = "\n".join(c.source for c in nbformat.read(path, 4).cells if c.cell_type == "code")
     asserts = re.findall(r"^\s*assert count_parameters\((\w+)\) == (\w+)\.params", code, re.M)
     assert len(asserts) >= EXPECTED_COUNT_ASSERTS[lab], f"{path.name}: {asserts}"
