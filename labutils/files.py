@@ -1,5 +1,8 @@
-"""Files a job writes beside its checkpoints: text and PNGs, written atomically (a crash leaves
-the old file or the new one, never half of one) with the user's umask."""
+"""Files a job writes beside its checkpoints: text, PNGs and torch checkpoints, written
+atomically (a crash leaves the old file or the new one, never half of one) with the user's umask.
+
+Below both ``evaluation/`` and ``tools/`` so that either may write files without importing
+the other."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +10,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..config import ConfigError
+import torch
+
+from .config import ConfigError
 
 # What ``labutils sample --out`` may write, by suffix (the bytes always match the name).
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -91,6 +96,14 @@ def atomic_path(path: Path, fsync: bool = True):
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_atomic(obj, path) -> Path:
+    """``torch.save`` to ``path`` so that ``path`` is always either the old or the new file."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return path
 
 
 def save_png(image, path: Path, format: str = "PNG") -> Path:

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from labutils import labs
+from labutils.files import save_atomic
 from labutils.tools.checkpoint import (CheckpointDir, CheckpointError, load_checkpoint, rng_state,
-                                 save_atomic, set_rng_state)
+                                       set_rng_state)
 from labutils.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,8 @@ import torch
 
 from labutils.config import ConfigError
 from labutils.ema import EMA, load_for_sampling
-from labutils.tools.checkpoint import CheckpointDir, save_atomic
+from labutils.files import save_atomic
+from labutils.tools.checkpoint import CheckpointDir
 from labutils.tools.cli import main
 
 

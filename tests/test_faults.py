@@ -31,7 +31,7 @@ from labutils.config import lab_settings
 from labutils.data import flowers as flowers_mod
 from labutils.data import fashion_mnist as fm
 from labutils.tools import checkpoint as ckpt_mod
-from labutils.tools import files as files_mod
+from labutils import files as files_mod
 from labutils.tools import train_job
 from labutils.tools.checkpoint import CheckpointDir, load_checkpoint
 from labutils.tools.cli import main

@@ -275,7 +275,7 @@ def get_judge(data_key: str, img_size: int, data_dir=None, *, directory=None,
     the data found now, else trained (and cached). ``splits``/``recipe`` override the data and
     the training (tests use tiny ones); ``max_train`` trains on a seeded subset (the ``ci``
     profile: a weaker judge, said in its source, that only checks the mechanics)."""
-    from ..tools.checkpoint import save_atomic
+    from ..files import save_atomic
     if splits is None:
         if data_key not in SPLITS:
             raise JudgeUnavailable(f"no judge for data {data_key!r}; judges exist for "

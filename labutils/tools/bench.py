@@ -642,7 +642,7 @@ def render_markdown(report: Dict) -> str:
 
 
 def _write(out: Path, report: Dict) -> None:
-    from .files import write_text_atomic
+    from ..files import write_text_atomic
     write_text_atomic(out / "bench.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out / "bench.md", render_markdown(report))
 
@@ -650,7 +650,7 @@ def _write(out: Path, report: Dict) -> None:
 def run_bench(opts: BenchOptions, thread_info: Optional[Dict] = None,
               in_process: bool = False, command: Optional[str] = None) -> int:
     """Measure, print and write the report; 0 when every measurement ran, else 1."""
-    from .files import check_writable
+    from ..files import check_writable
     for lab in opts.labs:
         if lab not in BENCH_LABS:
             raise ConfigError(f"bench: lab {lab!r} has no diffusion (T) to measure; choose from "

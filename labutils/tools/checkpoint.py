@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .files import atomic_path
+from ..files import save_atomic
 
 FORMAT = 1
 _NAME = re.compile(r"^ckpt-step(\d+)\.pt$")
@@ -96,15 +96,7 @@ def set_rng_state(state: Dict, device=None) -> None:
                         "uninterrupted run's", RuntimeWarning, stacklevel=2)
 
 
-# --- atomic save, safe load -----------------------------------------------------------------
-
-def save_atomic(obj, path) -> Path:
-    """``torch.save`` to ``path`` so that ``path`` is always either the old or the new file."""
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-    return path
-
+# --- safe load (the atomic save is labutils.files.save_atomic) ------------------------------
 
 def load_checkpoint(path, map_location="cpu") -> Dict:
     """Load a checkpoint written by this module; :class:`CheckpointError` says why one is unusable."""

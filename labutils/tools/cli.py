@@ -84,7 +84,7 @@ def _cmd_eval(args) -> int:
 def _cmd_sample(args) -> int:
     from ..config import LabSettings, get_device
     from .checkpoint import find_checkpoint
-    from .files import check_writable, image_format
+    from ..files import check_writable, image_format
 
     # Every output is checked before any work: a bad --gif must not cost the sampled grid.
     check_writable(args.out, "--out")
@@ -103,7 +103,7 @@ def _sample_from(args, settings, path, state, device, out_format) -> int:
     from ..config import seeded
     from ..labs import Lab
     from ..plotting import make_grid, save_animation, trajectory_frames
-    from .files import grid_scale, save_png
+    from ..files import grid_scale, save_png
 
     lab = Lab(settings, device, clip_model=args.clip_model)
     spec = lab.spec

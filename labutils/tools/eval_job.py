@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import ConfigError, LabSettings, get_device
 from ..ema import load_for_sampling
 from .checkpoint import find_checkpoint
-from .files import check_writable, write_text_atomic
+from ..files import check_writable, write_text_atomic
 
 
 def run_eval(args) -> int:

@@ -33,7 +33,7 @@ from ..plotting import make_grid
 from ..training import NonFiniteLossError, train
 from . import distributed
 from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint, rng_state, set_rng_state
-from .files import check_writable, grid_scale, save_png, write_text_atomic
+from ..files import check_writable, grid_scale, save_png, write_text_atomic
 
 EXIT_NONFINITE = 3
 FINITE_CHECK_EVERY = 50   # steps between checks of the weights for NaN/inf (and at every save)
