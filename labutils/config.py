@@ -2,7 +2,10 @@
 
 A *profile* only shrinks data, epochs and sampling; it never changes an architecture or T.
 - ``full``:  the course's exact settings.
-- ``quick``: a 2-core CPU runs the whole lab series in about half an hour.
+- ``quick``: a 2-core CPU runs the whole lab series in about half an hour. Where the course's
+  model cannot learn in minutes there (the 44.5M-parameter flowers U-Net: 6.56 TFLOP a step),
+  ``quick`` trains the lab's declared laptop variant (``model="laptop"``, :mod:`labutils.labs`:
+  the same design, narrower) with the batch and learning rate measured best for it.
 - ``ci``:    seconds per notebook, for the test suite.
 Select one with ``LABUTILS_PROFILE`` (default: ``full`` with a GPU, else ``quick``).
 """
@@ -43,6 +46,9 @@ class LabSettings:
     sampler: str = "ddpm"                  # "ddpm" (the course's) or "ddim" (diffusion.SAMPLERS)
     compile: bool = False                  # torch.compile the training step: costs ~45 s once
                                            # on a CPU, pays only on long runs (README, speed)
+    model: str = "course"                  # which U-Net the lab trains: "course" (the course's
+                                           # arguments) or "laptop" (the lab spec's narrower
+                                           # laptop_model_args); checkpoints record it
 
 
 # The course's settings, lab by lab (../shared/course-spec.md).
@@ -77,12 +83,14 @@ _SHRINK = {
         # gave 66% (README, quality). 50-step sampling of the 7 x 10 grid; part B ~10 s a step
         # at batch 16 (24 steps), ~6 s per reverse step of the 7 x 3 grid, two grids.
         "fmnist-cfg": dict(epochs=1, preview_every=0, sample_steps=50),
-        # The course's lr (1e-4): a profile never changes it. 24 steps of the 44.5M-parameter
-        # model show the mechanics only (coloured noise either way; README, quick run).
-        "flowers-cfg": dict(epochs=4, max_images=96, batch_size=16, sample_every=4,
-                            sample_steps=15, compile=False),
-        "flowers-clip": dict(epochs=4, max_images=128, batch_size=16, sample_every=4,
-                             sample_steps=25, compile=False),
+        # The laptop U-Net (labs.py: down_chs (32, 64, 128), 1.9 GFLOP an image for a training
+        # step, 1/27 of the course's): 455 steps of 64 (13 epochs of the 2,281 photos) at
+        # lr 1e-3 train in ~10 min on a 2-core CPU without native bf16 (~1.3 s a step); the
+        # course's model and lr 1e-4 learn nothing in that time (docs/quality.md, laptop).
+        "flowers-cfg": dict(model="laptop", epochs=13, batch_size=64, lr=1e-3, sample_every=4,
+                            sample_steps=50, compile=False),
+        "flowers-clip": dict(model="laptop", epochs=13, batch_size=64, lr=1e-3, sample_every=4,
+                             sample_steps=50, compile=False),
         # The assessment on a CPU: ~300 steps, 50-step sampling (the grader's 50 images and a
         # 7 x 10 grid take seconds); `full` (5 epochs, all T steps) is what passes the bar.
         "mnist-assessment": dict(epochs=1, steps_per_epoch=300, batch_size=64, sample_steps=50),

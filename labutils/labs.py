@@ -98,6 +98,10 @@ class LabSpec:
     picture: str = "unguided"            # a key of PICTURES
     prompts: Tuple[str, ...] = ()        # default prompts (clip-text)
     find_unused_parameters: bool = False  # DDP must know about parameters forward skips
+    # The same design at a width a 2-core CPU trains in minutes, for profiles whose settings say
+    # ``model="laptop"`` (config.py); None: the lab has no such variant.
+    laptop_model_args: Optional[Mapping] = None
+    laptop_params: Optional[int] = None
 
     @property
     def conditional(self) -> bool:
@@ -108,14 +112,39 @@ class LabSpec:
         """The data's class names (what ``--classes`` picks for class-conditioned labs)."""
         return DATA[self.data].classes if self.data in DATA else ()
 
-    def build_model(self, settings: LabSettings) -> torch.nn.Module:
-        """The course's model: ``model(T=..., img_ch=..., img_size=..., **model_args)``."""
+    def _variant(self, variant: str) -> Tuple[Mapping, int]:
+        if variant == "course":
+            return self.model_args, self.params
+        if variant == "laptop" and self.laptop_model_args is not None:
+            return self.laptop_model_args, self.laptop_params
+        have = "course, laptop" if self.laptop_model_args is not None else "course"
+        raise ConfigError(f"{self.name} has no {variant!r} model; it has: {have}")
+
+    def params_for(self, settings: LabSettings) -> int:
+        """The parameter count of the model ``settings`` train (``params`` for the course's)."""
+        return self._variant(settings.model)[1]
+
+    def describe_model(self, settings: LabSettings) -> str:
+        """One line for run headers: which model ``settings`` train, and its size."""
+        args, params = self._variant(settings.model)
+        if settings.model == "course":
+            return f"the course's {self.model.__name__} ({params:,} parameters)"
+        return (f"the {settings.model} {self.model.__name__}, down_chs {tuple(args['down_chs'])} "
+                f"({params:,} parameters; the course's: {self.params:,})")
+
+    def build_model(self, settings: LabSettings, variant: Optional[str] = None) -> torch.nn.Module:
+        """``model(T=..., img_ch=..., img_size=..., **args)`` with the arguments of ``variant``
+        ("course" or "laptop"; default: the one ``settings.model`` names)."""
+        args = self._variant(variant or settings.model)[0]
         return self.model(T=settings.T, img_ch=settings.img_ch, img_size=settings.img_size,
                           **self.model_args)
 
 
 _FLOWERS_UNET = dict(down_chs=(256, 256, 512), t_embed_dim=8)
 _OPTIMIZED_UNET = dict(down_chs=(64, 64, 128), t_embed_dim=8)
+# The flowers U-Net at a width a 2-core CPU trains in ~10 minutes (config.py, quick;
+# docs/quality.md): 1.9 GFLOP an image for a training step, 1/27 of the course model's 51.2.
+_FLOWERS_LAPTOP_UNET = dict(down_chs=(32, 64, 128), t_embed_dim=8)
 
 REGISTRY: Dict[str, LabSpec] = {spec.name: spec for spec in (
     LabSpec("fmnist-unet", "Lab 01: a U-Net denoiser", "01_unets.ipynb",
@@ -132,12 +161,16 @@ REGISTRY: Dict[str, LabSpec] = {spec.name: spec for spec in (
             2_002_561, "fashion-mnist", conditioning="classes", loss="guided", picture="guided"),
     LabSpec("flowers-cfg", "Lab 04 B: classifier-free guidance, flowers",
             "04_classifier_free_guidance.ipynb", UNet, dict(_FLOWERS_UNET, c_embed_dim=3),
-            44_509_443, "flowers", conditioning="classes", loss="guided", picture="guided"),
+            44_509_443, "flowers", conditioning="classes", loss="guided", picture="guided",
+            laptop_model_args=dict(_FLOWERS_LAPTOP_UNET, c_embed_dim=3),
+            laptop_params=2_565_315),
     LabSpec("flowers-clip", "Lab 05: CLIP text-to-image", "05_clip_text_to_image.ipynb",
             UNet, dict(_FLOWERS_UNET, c_embed_dim=512), 44_900_355, "flowers",
             conditioning="clip-text", loss="guided", picture="guided",
             prompts=("A round white flower", "A round orange sunflower with a big brown center",
-                     "A red rose bud")),
+                     "A red rose bud"),
+            laptop_model_args=dict(_FLOWERS_LAPTOP_UNET, c_embed_dim=512),
+            laptop_params=2_663_043),
     LabSpec("mnist-assessment", "Assessment: conditional MNIST at 28x28", None,
             UNet, dict(_OPTIMIZED_UNET, c_embed_dim=10), 2_547_457, "mnist",
             conditioning="classes", loss="guided", picture="guided"),

@@ -1,4 +1,5 @@
-"""Profiles: names are checked, and a profile never changes a model's shape or T."""
+"""Profiles: names are checked, and a profile never changes T; only quick may swap in a lab's
+declared laptop model (labs.py)."""
 import dataclasses
 
 import pytest
@@ -37,6 +38,7 @@ def test_profiles_only_shrink(lab):
         s = lab_settings(lab, profile)
         assert (s.T, s.img_size, s.img_ch) == (full.T, full.img_size, full.img_ch), profile
         assert s.epochs <= full.epochs and s.batch_size <= full.batch_size
+        assert s.model == "course" or profile == "quick", profile
         if s.sample_steps is not None:
             assert 1 <= s.sample_steps <= (full.T or s.sample_steps)
 
@@ -47,6 +49,9 @@ def test_full_profile_is_the_course():
     assert s.max_images is None and s.steps_per_epoch is None and s.sample_steps is None
     assert s.preview_every == 100
     assert lab_settings("fmnist-unet", "full").T is None
+    for lab in ("flowers-cfg", "flowers-clip"):   # quick trains a laptop variant; full never
+        s = lab_settings(lab, "full")
+        assert (s.model, s.T, s.batch_size, s.lr, s.epochs) == ("course", 400, 128, 1e-4, 100)
 
 
 def test_settings_are_frozen():

@@ -1,9 +1,11 @@
 """The lab registry: one spec per lab, and every spec's fields point at something real."""
+import dataclasses
+
 import pytest
 import torch
 
 from labutils import LABS, count_parameters, lab_settings
-from labutils.config import ConfigError
+from labutils.config import ConfigError, LabSettings
 from labutils.labs import DATA, LOSSES, PICTURES, REGISTRY, Lab, get_spec
 
 
@@ -27,6 +29,27 @@ def test_each_spec_is_complete(name):
 def test_spec_builds_the_course_model(name):
     spec = get_spec(name)
     assert count_parameters(spec.build_model(lab_settings(name, "ci"))) == spec.params
+
+
+@pytest.mark.parametrize("name", ["flowers-cfg", "flowers-clip"])
+def test_quick_trains_the_declared_laptop_variant(name):
+    spec, quick, full = get_spec(name), lab_settings(name, "quick"), lab_settings(name, "full")
+    assert (full.model, spec.params_for(full)) == ("course", spec.params)
+    assert (quick.model, spec.params_for(quick)) == ("laptop", spec.laptop_params)
+    assert spec.laptop_params < spec.params / 10
+    assert count_parameters(spec.build_model(quick)) == spec.laptop_params
+    # What a checkpoint stores (its settings as a dict) rebuilds the same variant.
+    again = LabSettings(**dataclasses.asdict(quick))
+    assert count_parameters(Lab(again, "cpu").build_model()) == spec.laptop_params
+    # The laptop model differs only in width: same design, same context input.
+    laptop, course = dict(spec.laptop_model_args), dict(spec.model_args)
+    assert laptop.pop("down_chs") != course.pop("down_chs") and laptop == course
+
+
+def test_a_lab_without_a_laptop_variant_says_so():
+    settings = dataclasses.replace(lab_settings("fmnist-cfg", "ci"), model="laptop")
+    with pytest.raises(ConfigError, match="no 'laptop' model; it has: course"):
+        get_spec("fmnist-cfg").build_model(settings)
 
 
 def test_unknown_lab_is_a_clear_error():

@@ -16,10 +16,20 @@ COURSE_MODELS = [
     ("05", lambda: UNet(400, 3, 32, (256, 256, 512), 8, 512), 44_900_355),
     ("06", lambda: UNet(150, 1, 28, (64, 64, 128), 8, 10), 2_547_457),
 ]
+# The flowers labs' laptop variants (labs.py: trained under the quick profile; not the course's).
+LAPTOP_MODELS = [
+    ("04B", lambda: UNet(400, 3, 32, (32, 64, 128), 8, 3), 2_565_315),
+    ("05", lambda: UNet(400, 3, 32, (32, 64, 128), 8, 512), 2_663_043),
+]
 
 
 @pytest.mark.parametrize("lab,build,expected", COURSE_MODELS, ids=[m[0] for m in COURSE_MODELS])
 def test_parameter_count_matches_course(lab, build, expected):
+    assert count_parameters(build()) == expected
+
+
+@pytest.mark.parametrize("lab,build,expected", LAPTOP_MODELS, ids=[m[0] for m in LAPTOP_MODELS])
+def test_parameter_count_of_laptop_variants(lab, build, expected):
     assert count_parameters(build()) == expected
 
 

@@ -320,6 +320,7 @@ class TrainJob:
         say(ctx, f"labutils train {s.lab}: profile {s.profile}, {ctx.world_size} process(es) on "
                  f"{ctx.device}, batch {s.batch_size} per process, {s.epochs} epochs x "
                  f"{self.steps_per_epoch} steps, lr {s.lr:g} -> {self.out}/")
+        say(ctx, f"model: {self.lab.spec.describe_model(s)}")
         say(ctx, f"{threads['threads']} CPU threads per process ({threads['reason']}); bf16 "
                  f"autocast {'on' if use_bf16(ctx.device) else 'off'}; torch.compile "
                  f"{'on (the first steps compile)' if s.compile else 'off'}")
