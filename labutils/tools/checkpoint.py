@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import pickle
 import random
 import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +33,61 @@ _NAME = re.compile(r"^ckpt-step(\d+)\.pt$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says which file and why."""
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceError(OSError):
+    """A checkpoint (or another file of the run) does not fit on its file system: one line
+    naming the folder and "no space left on device", with what was needed when known."""
+
+    def __init__(self, folder, detail: str = ""):
+        super().__init__(errno.ENOSPC, "no space left on device")
+        self.folder, self.detail = Path(folder), detail
+
+    def __str__(self) -> str:
+        return f"{self.folder}: no space left on device" + (f" ({self.detail})"
+                                                             if self.detail else "")
+
+    def __reduce__(self):   # travels between ranks (broadcast) as itself
+        return NoSpaceError, (self.folder, self.detail)
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` or an exception it was raised from is ENOSPC/EDQUOT: ``torch.save`` on a
+    full disk raises a RuntimeError ("unexpected pos ...") from the OSError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def check_free_space(folder, need: int, what: str = "a checkpoint") -> None:
+    """:class:`NoSpaceError` when ``folder``'s file system (or that of its nearest existing
+    parent) has fewer than ``need`` bytes free."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise NoSpaceError(folder, f"{what} needs about {_mb(need)}, {_mb(free)} free")
+
+
+def checkpoint_bytes(model: torch.nn.Module, ema_shadow: Optional[Dict] = None) -> int:
+    """About the size of a checkpoint of ``model`` before one exists: its state, Adam's two
+    moments per parameter and the EMA's copy (a written checkpoint's size is the better guide)."""
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)
+    return (nbytes(model.state_dict().values()) + 2 * nbytes(model.parameters())
+            + nbytes((ema_shadow or {}).values()))
 
 
 # --- RNG states as tensors ------------------------------------------------------------------
@@ -180,7 +237,15 @@ class CheckpointDir:
         return sorted(found)
 
     def save(self, state: Dict, step: int) -> Path:
-        path = save_atomic(state, self.path_for(step))
+        """Write ``state`` as step ``step``'s checkpoint; on a full disk a :class:`NoSpaceError`
+        (the temporary file gone, older checkpoints untouched)."""
+        try:
+            path = save_atomic(state, self.path_for(step))
+        except Exception as err:
+            if out_of_space(err):
+                raise NoSpaceError(self.directory, f"writing the checkpoint of step {step}"
+                                   ) from None
+            raise
         self._remember(path, True)
         # Keep the newest ``keep`` readable checkpoints, the one just written always among them.
         readable = [p for _, p in self.list() if p == path or self.readable(p)]
