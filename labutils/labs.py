@@ -137,7 +137,7 @@ class LabSpec:
         ("course" or "laptop"; default: the one ``settings.model`` names)."""
         args = self._variant(variant or settings.model)[0]
         return self.model(T=settings.T, img_ch=settings.img_ch, img_size=settings.img_size,
-                          **self.model_args)
+                          **args)
 
 
 _FLOWERS_UNET = dict(down_chs=(256, 256, 512), t_embed_dim=8)
