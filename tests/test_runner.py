@@ -138,3 +138,175 @@ def test_run_labs_exits_1_when_a_notebook_fails(tmp_path):
     assert cli.main(["run-labs", "--profile", "ci", "--notebooks", str(src),
                      "--out", str(tmp_path / "run")]) == 1
     assert (tmp_path / "run" / "index.html").is_file()
+
+
+# --- kernels, Ctrl-C and progress (issue 18) ----------------------------------------------------
+
+def _process_exists(pid: int) -> bool:
+    """True for a live process; a zombie (exited, holding no memory) counts as gone."""
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def test_a_finished_notebooks_kernel_is_gone_while_the_next_runs(tmp_path):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    pid_file = tmp_path / "first.pid"
+    write_notebook(src / "01_first.ipynb", f"import os; open({str(pid_file)!r}, 'w')"
+                   ".write(str(os.getpid()))")
+    write_notebook(src / "02_second.ipynb",     # the check runs inside the second kernel
+                   f"import os\npid = int(open({str(pid_file)!r}).read())\n"
+                   "try:\n"
+                   "    os.kill(pid, 0)\n"
+                   "    state = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0]\n"
+                   "except (ProcessLookupError, FileNotFoundError):\n"
+                   "    state = 'gone'\n"
+                   "print('first kernel', 'gone' if state in ('gone', 'Z') else 'alive')")
+    out = runner.run_notebooks(tmp_path / "run", profile="ci", directory=src)
+    second = nbformat.read(out / "02_second.ipynb", as_version=4)
+    assert second.cells[0].outputs[0]["text"] == "first kernel gone\n"
+    assert not _process_exists(int(pid_file.read_text()))
+
+
+def test_one_ctrl_c_to_the_process_group_stops_the_series(tmp_path):
+    """A real SIGINT to a real `labutils run-labs` process group, as a terminal sends it: the
+    running notebook `interrupted`, the rest `not run`, the report written, exit 130, no
+    traceback, and no kernel left (kernels run in their own session: the runner stops them)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    ids = tmp_path / "kernel.ids"
+    write_notebook(src / "01_quick.ipynb", "print('done')")
+    write_notebook(src / "02_long.ipynb",
+                   f"import os, time\nopen({str(ids)!r}, 'w').write(f'{{os.getpid()}} "
+                   "{os.getsid(0)}')\ntime.sleep(600)")
+    write_notebook(src / "03_never.ipynb", "print('never')")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "labutils", "run-labs", "--profile", "ci",
+                             "--notebooks", str(src), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (ids.exists() and ids.read_text()) and proc.poll() is None:
+            assert time.monotonic() < deadline, "notebook 02 never started"
+            time.sleep(0.2)
+        kernel_pid, kernel_sid = map(int, ids.read_text().split())
+        time.sleep(1)   # the kernel is inside time.sleep(600)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert kernel_sid != proc.pid   # the terminal's SIGINT does not reach the kernel itself
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    assert "interrupted" in stderr
+    assert re.search(r"01_quick\.ipynb +\d+ s +ok", stdout)
+    assert re.search(r"02_long\.ipynb +\d+ s +interrupted", stdout)
+    assert re.search(r"03_never\.ipynb +- +not run", stdout)
+    page = (out / "index.html").read_text()
+    assert 'class="interrupted"' in page and 'class="not-run"' in page
+    assert not (out / "03_never.ipynb").exists()
+    executed = nbformat.read(out / "02_long.ipynb", as_version=4)
+    assert executed.cells[0].outputs[-1]["ename"] == "KeyboardInterrupt"
+    assert not _process_exists(kernel_pid)
+
+
+def test_the_progress_line_follows_cells_and_the_training_bar(tmp_path):
+    """What the console line is drawn from, in a real kernel: the cell running, and the
+    latest text of a tqdm.auto bar (an ipywidgets bar in a kernel) or of printed output."""
+    from labutils.tools import kernel_exec
+    from labutils.tools.run_progress import NotebookProgress
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"),
+                nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nimport time\n"
+                                          "for _ in tqdm(range(30), desc='training'):\n"
+                                          "    time.sleep(0.1)"),
+                nbformat.v4.new_code_cell("import time\nfor i in range(3):\n"
+                                          "    print(f'epoch {i}', flush=True); time.sleep(0.6)")]
+    progress, seen = NotebookProgress(), []
+    with open(tmp_path / "kernel.log", "wb") as log:
+        error = kernel_exec.execute(nb, str(tmp_path), log, 120, progress, kernel_exec.CtrlC(),
+                                    tick=lambda: seen.append((progress.cell, progress.bar)),
+                                    tick_seconds=0.1)
+    assert error is None and progress.cells == 2 and progress.cell == 2
+    bars = [bar for cell, bar in seen if cell == 1]
+    assert any(re.match(r"training: +\d+% \d+/30 \[", bar) for bar in bars), bars[-5:]
+    assert ("epoch 2" in [bar for cell, bar in seen if cell == 2]
+            or progress.bar == "epoch 2"), seen[-5:]
+
+
+def test_console_line_and_expected_time():
+    import io
+    from labutils.tools import run_progress as rp
+
+    assert rp.last_line("a\r\x1b[32m 10%|#  | 1/10\x1b[0m\r 20%|## | 2/10\r\n") == "20%|## | 2/10"
+    states = {"box": {"children": ["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]},
+              "l": {"value": "training:&nbsp;45%"}, "p": {"value": 45.0},
+              "r": {"value": "\u2007117/260 [01:10&lt;01:30,\u20071.70it/s]"}}
+    assert rp.tqdm_widget_line(states, "p") == "training: 45% 117/260 [01:10<01:30, 1.70it/s]"
+    assert rp.tqdm_widget_line(states, "box") is None
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    tty = Tty()
+    line = rp.ConsoleLine(tty)
+    line.start("  [1/2] 01_a.ipynb", 125)
+    line.tick(rp.NotebookProgress(cells=9, cell=3, bar="training: 45%"))
+    line.finish("ok 3 s")
+    drawn = tty.getvalue().split("\r\x1b[K")
+    assert drawn[2] == "  [1/2] 01_a.ipynb  cell 3/9  0 s of about 2 min 05 s  training: 45%"
+    assert drawn[3] == "  [1/2] 01_a.ipynb ... ok 3 s\n" and len(drawn) == 4
+
+    log = io.StringIO()   # not a terminal: no redrawing, a line every log_every seconds
+    line = rp.ConsoleLine(log, log_every=0)
+    line.start("  [1/1] 01_a.ipynb", None)
+    line.tick(rp.NotebookProgress(cells=2, cell=1))
+    line.finish("ok 1 s")
+    assert log.getvalue() == ("  [1/1] 01_a.ipynb  cell 1/2  0 s\n"
+                              "  [1/1] 01_a.ipynb ... ok 1 s\n")
+
+    names = ["01_unets.ipynb", "02_diffusion_models.ipynb", "07_new.ipynb"]
+    quick = rp.EXPECTED["quick", False]
+    text = rp.expected_series("quick", False, names)
+    assert rp.duration(quick.seconds["01"] + quick.seconds["02"]) in text
+    assert quick.machine in text and "07_new.ipynb (not measured)" in text
+    assert "not measured yet for profile 'ci'" in rp.expected_series("ci", True, names)
+    assert [rp.duration(s) for s in (45, 312, 3780)] == ["45 s", "5 min 12 s", "1 h 03 min"]
+
+
+def test_a_cell_that_ignores_the_interrupt_is_killed_after_the_grace(tmp_path, monkeypatch):
+    from labutils.tools import kernel_exec
+    from labutils.tools.run_progress import NotebookProgress
+    monkeypatch.setattr(kernel_exec, "GRACE_SECONDS", 1.0)
+    pid_file = tmp_path / "kernel.pid"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)")]
+    ctrl_c = kernel_exec.CtrlC()
+
+    def press_once_the_cell_runs():
+        if pid_file.exists() and pid_file.read_text():
+            if not ctrl_c.count:
+                ctrl_c(2, None)
+    with open(tmp_path / "kernel.log", "wb") as log:
+        error = kernel_exec.execute(nb, str(tmp_path), log, 600, NotebookProgress(), ctrl_c,
+                                    tick=press_once_the_cell_runs, tick_seconds=0.2)
+    assert type(error).__name__ == "DeadKernelError"
+    assert not _process_exists(int(pid_file.read_text()))

@@ -4,11 +4,10 @@ The tracked notebooks stay clean: each executed copy, with its outputs, goes to
 ``<out>/<notebook>.ipynb`` (and an HTML rendering beside it), the figures it saves to
 ``<out>/<notebook>/``, and the kernel's own console output to ``<out>/<notebook>.kernel.log``.
 ``<out>/index.html`` is a report page: every notebook's figures and GIFs, its wall time and
-status, and links to the executed notebooks. The console shows one line per notebook and a
-closing table.
-
-Kernels talk to us over IPC sockets (Unix domain sockets in a private temporary folder), not
-TCP: nothing listens on the network, and ipykernel has no reason to warn about unencrypted TCP.
+status, and links to the executed notebooks. The console shows the series' expected time, one
+line per notebook (updated in place while it runs: :mod:`.run_progress`) and a closing table.
+Each notebook gets a kernel of its own, shut down when it ends; Ctrl-C stops the series
+(:mod:`.kernel_exec`).
 """
 from __future__ import annotations
 
@@ -16,12 +15,12 @@ import dataclasses
 import html
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..config import get_profile, project_dir, timestamp
+from ..config import get_device, get_profile, project_dir, timestamp, use_bf16
+from .run_progress import ConsoleLine, NotebookProgress, expected_seconds, expected_series
 
 NOTEBOOK_DIR = project_dir() / "notebooks"
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".svg", ".webp")
@@ -88,15 +87,6 @@ def ensure_flowers() -> None:
     except Exception as err:  # offline, disk full, ...: the notebooks explain what to do
         print(f"  could not prepare the flower photos ({type(err).__name__}: {err}).\n"
               "  Set LABUTILS_FLOWERS_DIR or run `labutils prepare DIR` where there is internet.")
-
-
-def _kernel_manager(socket_dir: str):
-    """A kernel manager on IPC sockets in ``socket_dir`` (TCP on Windows, which has no IPC)."""
-    from jupyter_client import AsyncKernelManager
-    if os.name == "nt" or len(socket_dir) > 80:   # Unix socket paths are limited to ~107 bytes
-        return AsyncKernelManager(kernel_name="python3")
-    return AsyncKernelManager(kernel_name="python3", transport="ipc",
-                              ip=os.path.join(socket_dir, "kernel"))
 
 
 def _error_of(nb) -> str:
@@ -218,11 +208,11 @@ def run_notebooks(out: Optional[Path] = None, profile: Optional[str] = None,
     A failing notebook is still written (with the error in its outputs); the others still run
     (``keep_going=False``: stop at the first failure). At the end the report page and the
     closing table are written, then :class:`NotebooksFailed` is raised if any notebook failed.
-    Ctrl-C writes the report too (the current notebook ``interrupted``, the rest ``not run``).
+    Ctrl-C stops the series: the current notebook's kernel is interrupted (killed if it does
+    not stop), the report is written with it ``interrupted`` and the rest ``not run``, then
+    KeyboardInterrupt is raised.
     """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from .kernel_exec import CtrlC
 
     profile = get_profile(profile)
     out = Path(out) if out else project_dir() / "runs" / timestamp()
@@ -232,51 +222,73 @@ def run_notebooks(out: Optional[Path] = None, profile: Optional[str] = None,
         ensure_flowers()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     results = [NotebookResult(p.name) for p in notebooks]
-    print(f"Running {len(notebooks)} notebooks under profile '{profile}' -> {out}/", flush=True)
+    bf16 = use_bf16(get_device())
+    print(f"Running {len(notebooks)} notebooks under profile '{profile}' -> {out}/\n"
+          + expected_series(profile, bf16, [p.name for p in notebooks]), flush=True)
     width = max(len(p.name) for p in notebooks)
+    ctrl_c = CtrlC()
     try:
-        for i, (path, result) in enumerate(zip(notebooks, results), 1):
-            print(f"  [{i}/{len(notebooks)}] {path.name:<{width}} ...", end="", flush=True)
-            nb = nbformat.read(path, as_version=4)
-            env_before = dict(os.environ)
-            os.environ["LABUTILS_PROFILE"] = profile
-            os.environ["LABUTILS_OUTPUT_DIR"] = str((out / path.stem).resolve())
-            start = time.perf_counter()
-            result.status = STATUS_INTERRUPTED
-            try:
-                with tempfile.TemporaryDirectory(prefix="labutils-k") as sockets, \
-                        open(out / f"{path.stem}.kernel.log", "wb") as log:
-                    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                   km=_kernel_manager(sockets),
-                                   resources={"metadata": {"path": str(directory)}}
-                                   ).execute(stdout=log, stderr=log)
-                result.status = STATUS_OK
-            except CellExecutionError as err:
-                result.status = STATUS_FAILED
-                result.error = _error_of(nb) or f"{err.ename}: {err.evalue}"
-            except Exception as err:  # kernel died, timeout, ...
-                result.status = STATUS_FAILED
-                result.error = f"{type(err).__name__}: {err}"
-            finally:
-                result.seconds = time.perf_counter() - start
-                os.environ.clear()
-                os.environ.update(env_before)
-                nbformat.write(nb, out / path.name)
-                print(f" {result.status:<6} {result.seconds:6.0f} s"
-                      + (f"  {result.error}" if result.error else ""), flush=True)
-                log_file = out / f"{path.stem}.kernel.log"
-                if log_file.exists() and log_file.stat().st_size == 0:
-                    log_file.unlink()
-            _write_html(nb, out / f"{path.stem}.html")
-            write_report(out, results, profile, started)
-            if result.status != STATUS_OK and not keep_going:
-                break
+        with ctrl_c.installed():
+            for i, (path, result) in enumerate(zip(notebooks, results), 1):
+                if ctrl_c.count:
+                    break
+                line = ConsoleLine()
+                line.start(f"  [{i}/{len(notebooks)}] {path.name:<{width}}",
+                           expected_seconds(profile, bf16, path.name))
+                executed = _run_one(path, result, out, profile, timeout, ctrl_c, line)
+                _write_html(executed, out / f"{path.stem}.html")
+                write_report(out, results, profile, started)
+                if result.status != STATUS_OK and not keep_going:
+                    break
     finally:
         report = write_report(out, results, profile, started)
         print()
         print(summary_table(results))
         print(f"Report: {report}")
+    if ctrl_c.count:
+        raise KeyboardInterrupt
     failed = [r.name for r in results if r.status == STATUS_FAILED]
     if failed:
         raise NotebooksFailed(out, failed)
     return out
+
+
+def _run_one(path: Path, result: NotebookResult, out: Path, profile: str, timeout: int,
+             ctrl_c, line: ConsoleLine):
+    """Execute one notebook into ``out``, fill in ``result``; returns the executed notebook."""
+    import nbformat
+    from nbclient.exceptions import CellExecutionError
+
+    from .kernel_exec import execute
+
+    nb = nbformat.read(path, as_version=4)
+    env_before = dict(os.environ)   # the kernel inherits these
+    os.environ["LABUTILS_PROFILE"] = profile
+    os.environ["LABUTILS_OUTPUT_DIR"] = str((out / path.stem).resolve())
+    progress = NotebookProgress()
+    log_file = out / f"{path.stem}.kernel.log"
+    start = time.perf_counter()
+    try:
+        with open(log_file, "wb") as log:
+            error = execute(nb, str(path.parent), log, timeout, progress, ctrl_c,
+                            tick=lambda: line.tick(progress))
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    result.seconds = time.perf_counter() - start
+    if error is None:
+        result.status = STATUS_OK
+    elif ctrl_c.count:
+        result.status = STATUS_INTERRUPTED
+        result.error = f"stopped by Ctrl-C in cell {progress.cell} of {progress.cells}"
+    else:
+        result.status = STATUS_FAILED
+        result.error = (_error_of(nb) or f"{error.ename}: {error.evalue}"
+                        if isinstance(error, CellExecutionError)
+                        else f"{type(error).__name__}: {error}")
+    nbformat.write(nb, out / path.name)
+    line.finish(f"{result.status:<6} {result.seconds:6.0f} s"
+                + (f"  {result.error}" if result.error else ""))
+    if log_file.stat().st_size == 0:
+        log_file.unlink()
+    return nb
