@@ -1,6 +1,6 @@
 """Configuration in one visible place: profiles, devices, seeds, precision and output folders.
 
-A *profile* only shrinks data, epochs and sampling; it never changes an architecture or T.
+A *profile* shrinks data, epochs and sampling; it never changes T or a lab's U-Net design.
 - ``full``:  the course's exact settings.
 - ``quick``: a 2-core CPU runs the whole lab series in about half an hour. Where the course's
   model cannot learn in minutes there (the 44.5M-parameter flowers U-Net: 6.56 TFLOP a step),
@@ -119,6 +119,46 @@ class ConfigError(ValueError):
     """A setting (profile, lab, device, ...) that labutils cannot use; the message says why."""
 
 
+# Every on/off environment switch of labutils: name -> (value when unset or blank, meaning).
+SWITCHES = {
+    "LABUTILS_BF16": (None, "bf16 autocast in training and sampling (unset: where the hardware "
+                            "has native bf16)"),
+    "LABUTILS_CLIP_OFFLINE": (False, "never try to download CLIP weights"),
+    "LABUTILS_MNIST_DOWNLOAD": (True, "download MNIST when no copy is found"),
+}
+# The values each of them accepts (any case, spaces around ignored).
+SWITCH_ON = ("1", "true", "yes", "on")
+SWITCH_OFF = ("0", "false", "no", "off")
+
+
+def env_switch(name: str) -> Optional[bool]:
+    """The on/off environment switch ``name`` (a key of :data:`SWITCHES`): True for
+    1/true/yes/on, False for 0/false/no/off (any case, spaces around ignored), its default
+    when unset or blank.
+
+    Anything else is a :class:`ConfigError` naming the variable and the accepted values: ``off``
+    once read as "on" made bf16 training 11x slower on a CPU without native bf16 (issue 20).
+    """
+    default = SWITCHES[name][0]
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    value = text.strip().lower()
+    if value in SWITCH_ON:
+        return True
+    if value in SWITCH_OFF:
+        return False
+    raise ConfigError(f"{name}={text!r} is not an on/off value: use {'/'.join(SWITCH_ON)} (on) "
+                      f"or {'/'.join(SWITCH_OFF)} (off), any case, or unset it")
+
+
+def check_switches() -> None:
+    """Every switch of :data:`SWITCHES` parsed now: a command refuses a bad value before any
+    work, not when the code that reads it is reached."""
+    for name in SWITCHES:
+        env_switch(name)
+
+
 def has_gpu() -> bool:
     return torch.cuda.is_available()
 
@@ -165,7 +205,7 @@ def get_device(device: Optional[str] = None) -> torch.device:
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch (all devices) with one call."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)   # NumPy's legacy seed takes 0 ... 2**32 - 1 only
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
 
@@ -274,15 +314,16 @@ def cpu_supports_bf16() -> bool:
 
 
 def use_bf16(device: torch.device) -> bool:
-    """Whether training on ``device`` runs under bf16 autocast (``LABUTILS_BF16=0/1`` overrides).
+    """Whether training on ``device`` runs under bf16 autocast (the on/off switch
+    ``LABUTILS_BF16`` overrides: :func:`env_switch`).
 
     On a CPU with AMX a lab-3 step is about 2.5x faster in bf16; without native bf16 it is
     slower than fp32, so we keep fp32 there. On a GPU, bf16 needs compute capability 8.0 or
     newer (:func:`cuda_supports_bf16`); older GPUs train in fp32.
     """
-    forced = os.environ.get("LABUTILS_BF16")
+    forced = env_switch("LABUTILS_BF16")
     if forced is not None:
-        return forced.strip() not in ("0", "", "false", "no")
+        return forced
     if device.type == "cuda":
         return cuda_supports_bf16(device)
     return device.type == "cpu" and cpu_supports_bf16()

@@ -13,6 +13,7 @@ it. Everything it does is looked up from the spec's fields (the tables ``DATA``,
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -22,8 +23,10 @@ from .context import class_indices, one_hot
 from .data import (FASHION_MNIST_CLASSES, FLOWER_CLASSES, TensorImageDataset, flowers_augment,
                    load_fashion_mnist_tensors, load_flowers_tensors, random_hflip)
 from .diffusion import DDPM, GUIDANCE_WEIGHTS, make_sampler, sample_w
+from .files import grid_scale
 from .models import BasicUNet, UNet
 from .modules import evaluating
+from .sample_limits import check_picture, sampling_chunk
 from .training import ddpm_loss, denoising_loss, guided_ddpm_loss
 
 CFG_DROP_PROB = 0.1   # the course's Bernoulli drop probability for the context (labs 04-06)
@@ -229,6 +232,17 @@ class SampleRequest:
     frames: int = 15
 
 
+def _check_memory(lab: "Lab", req: SampleRequest, count: int, stored: int = 0) -> None:
+    """Refuse a picture of ``count`` images that would not fit in memory, before sampling."""
+    check_picture(count, lab.image_shape, grid_scale(lab.settings.img_size), stored,
+                  req.frames)
+
+
+def _store_every(T: int, frames: int) -> int:
+    """Reverse steps between the stored states of a GIF of ``frames`` frames (0: none)."""
+    return max(1, T // frames) if frames else 0
+
+
 def _denoise_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
     """Lab 01: original / noised / predicted rows (or noise / output without examples)."""
     s = lab.settings
@@ -238,15 +252,36 @@ def _denoise_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
             noised = lab01_noise(x)
             return Samples(torch.cat((x, noised, model(noised))), len(x),
                            row_labels=["original", "noised", "predicted"])
+        _check_memory(lab, req, 2 * req.n)
         noise = torch.randn(req.n, s.img_ch, s.img_size, s.img_size, device=lab.device)
-        return Samples(torch.cat((noise, model(noise))), req.n, row_labels=["noise", "generated"])
+        chunk = sampling_chunk(lab.device)
+        out = torch.cat([model(noise[i:i + chunk]).cpu() for i in range(0, req.n, chunk)])
+        return Samples(torch.cat((noise.cpu(), out)), req.n, row_labels=["noise", "generated"])
+
+
+def unguided_samples(lab: "Lab", model, n: int, ddpm: Optional[DDPM] = None,
+                     store_every: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``n`` unguided samples on the CPU, drawn in chunks of :func:`sampling_chunk` (activations
+    stay bounded whatever ``n``), and the stored chain ``[states, n, C, H, W]`` (or None)."""
+    ddpm = ddpm or lab.sampler()
+    xs, stores = [], []
+    chunk = sampling_chunk(lab.device)
+    for i in range(0, n, chunk):
+        x, store = ddpm.sample(model, (min(chunk, n - i), *lab.image_shape),
+                               store_every=store_every)
+        xs.append(x.cpu())
+        if store:
+            stores.append(torch.stack(store))
+    return torch.cat(xs), (torch.cat(stores, dim=1) if stores else None)
 
 
 def _unguided_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
     """Labs 02-03: ``n`` samples from noise, with the trajectory for a GIF."""
     ddpm = lab.sampler(req.steps, req.sampler, req.eta)
-    x, store = ddpm.sample(model, (req.n, *lab.image_shape), store_every=max(1, ddpm.T // req.frames))
-    return Samples(x, min(req.n, 8), torch.stack(store) if store else None)
+    every = _store_every(ddpm.T, req.frames)
+    _check_memory(lab, req, req.n, stored=-(-ddpm.T // every) if every else 0)
+    x, store = unguided_samples(lab, model, req.n, ddpm, every)
+    return Samples(x, min(req.n, 8), store)
 
 
 def _guided_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
@@ -254,8 +289,10 @@ def _guided_picture(lab: "Lab", model, req: SampleRequest) -> Samples:
     ddpm = lab.sampler(req.steps, req.sampler, req.eta)
     c, labels = lab.context(classes=req.classes, prompts=req.prompts)
     weights = list(GUIDANCE_WEIGHTS if req.weights is None else req.weights)
+    every = _store_every(ddpm.T, req.frames) or ddpm.T + 1   # sample_w keeps the last 10 too
+    _check_memory(lab, req, len(weights) * len(c), stored=-(-ddpm.T // every) + 10)
     x, store = sample_w(model, ddpm, lab.image_shape, ddpm.T, c, lab.device, weights,
-                        store_freq=max(1, ddpm.T // req.frames))
+                        store_freq=every)
     return Samples(x, len(c), store, row_labels=[f"w={w:g}" for w in weights], col_labels=labels)
 
 
@@ -275,6 +312,7 @@ class Lab:
         self.settings, self.device, self.seed = settings, torch.device(device), seed
         self.clip_model, self.data_dir = clip_model, data_dir
         self._encoder = None
+        self._said_steps = False   # --steps above T is reported once, not per chunk
         self.ddpm = DDPM.linear(settings.T, self.device) if settings.T else None
 
     # --- what the lab trains -------------------------------------------------------------------
@@ -368,6 +406,13 @@ class Lab:
         (defaults: the settings' ``sampler`` and ``sample_steps``, else all T; DDIM's ``eta``:
         :func:`labutils.diffusion.default_eta`)."""
         steps = steps or self.settings.sample_steps or self.settings.T
+        T = self.settings.T
+        if T and steps > T:
+            if not self._said_steps:
+                print(f"labutils: {steps} sampling steps asked for, more than the model's "
+                      f"T = {T} diffusion steps: sampling {T}", file=sys.stderr, flush=True)
+                self._said_steps = True
+            steps = T
         try:
             return make_sampler(self.ddpm, kind or self.settings.sampler, steps, eta)
         except ValueError as err:

@@ -55,6 +55,10 @@ def picture_bytes(count: int, image_shape: Sequence[int], scale: int, stored: in
     return count * (sample * (1 + stored) + cell * (16 + scale * scale * (1 + frames)))
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
 def check_picture(count: int, image_shape: Sequence[int], scale: int, stored: int = 0,
                   frames: int = 0) -> None:
     """:class:`ConfigError` saying what a picture of ``count`` images needs and the limit, when
@@ -62,7 +66,7 @@ def check_picture(count: int, image_shape: Sequence[int], scale: int, stored: in
     need, limit = picture_bytes(count, image_shape, scale, stored, frames), memory_limit()
     if need > limit:
         most = max(1, count * limit // need)
-        raise ConfigError(f"a picture of {count:,} images would need about {need / 2**30:.1f} "
-                          f"GB of memory, over the limit of {limit / 2**30:.1f} GB (4 GB, or "
+        raise ConfigError(f"a picture of {count:,} images would need about {_size(need)} of "
+                          f"memory, over the limit of {_size(limit)} ({_size(PICTURE_MEMORY_LIMIT)}, or "
                           f"half the memory available): ask for at most about {most:,} images"
                           + (", or draw no GIF" if frames else ""))

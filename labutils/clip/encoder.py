@@ -38,7 +38,7 @@ with warnings.catch_warnings():  # clip imports pkg_resources, which warns about
     import clip.model
     from clip.model import build_model
 
-from ..config import get_device
+from ..config import env_switch, get_device
 from ..modules import count_parameters
 
 DEFAULT_MODEL = "ViT-B/32"
@@ -289,7 +289,7 @@ def fetch_model(name: str, download_root=None) -> Path:
     root = download_root_dir(download_root)
     url = clip.clip._MODELS[name]
     target = root / os.path.basename(url)
-    if os.environ.get("LABUTILS_CLIP_OFFLINE", "").strip() not in ("", "0") and not target.is_file():
+    if env_switch("LABUTILS_CLIP_OFFLINE") and not target.is_file():
         raise ClipUnavailableError(f"{target} is missing and LABUTILS_CLIP_OFFLINE is set")
     with _socket_timeout(DOWNLOAD_TIMEOUT_S):
         return Path(clip.clip._download(url, str(root)))

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from ..config import ConfigError
 from .encoder import (DEFAULT_MODEL, ClipEncoder, ClipUnavailableError, download_root_dir, clip,
                       fetch_model, load_checkpoint)
 from .standin import load_standin
@@ -34,6 +35,8 @@ def load_clip(name_or_path: Optional[str] = None, device=None, download_root=Non
         enc = load_checkpoint(path, device)
         enc.model_id = name
         return enc
+    except ConfigError:   # a bad LABUTILS_CLIP_OFFLINE is the user's to fix, not a stand-in's
+        raise
     except Exception as err:  # offline, proxy, disk, corrupt file...
         reason = f"{type(err).__name__}: {err}"
     where = download_root_dir(download_root)

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-from ..config import project_dir
+from ..config import env_switch, project_dir
 from .batches import TensorImageDataset
 from .fashion_mnist import (_FILES, FASHION_MNIST_CLASSES, DataNotFoundError, download_idx,
                             find_fashion_mnist, idx_tensors)
@@ -72,7 +72,7 @@ def find_mnist(data_dir=None, download: bool = True) -> Tuple[Optional[Path], st
     if found is not None:
         return found, str(found)
     tried.append(f"{DOWNLOAD_DIR}/MNIST/raw: missing")
-    if download and os.environ.get("LABUTILS_MNIST_DOWNLOAD", "1").strip() not in ("0", "no"):
+    if download and env_switch("LABUTILS_MNIST_DOWNLOAD"):
         if _FAILED_DOWNLOADS.get(str(DOWNLOAD_DIR)):   # once per process is enough
             tried.append(_FAILED_DOWNLOADS[str(DOWNLOAD_DIR)])
             return None, "; ".join(tried)

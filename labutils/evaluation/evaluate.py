@@ -18,21 +18,14 @@ import torch
 
 from ..config import ConfigError, seeded
 from ..diffusion import sample_w
-from ..labs import lab01_noise
+from ..labs import lab01_noise, unguided_samples
 from ..modules import evaluating
+from ..sample_limits import sampling_chunk
 from .judges import CI_TRAIN_IMAGES, Judge, get_judge
 from .metrics import (best_weight, class_histogram, clip_score, conditional_accuracy,
                       frechet_distance, histogram_entropy, real_floor)
 
 DEFAULT_WEIGHTS = (0.0, 1.0, 2.0)
-
-
-def sampling_chunk(device) -> int:
-    """Images per sampling batch (guidance doubles it). On a CPU, batches whose activations pass
-    glibc's 32 MB mmap threshold are mapped and unmapped at every reverse step: measured on a
-    2-core CPU (lab 04 A, bf16), 2.6 ms per image-step at 128 images, 7.7 ms at 1,000, half of
-    it system time. A GPU wants large batches."""
-    return 1024 if torch.device(device).type == "cuda" else 128
 
 
 def _singular(name: str) -> str:
@@ -73,13 +66,8 @@ def generate_guided(lab, model, context: torch.Tensor, w: float, steps: Optional
 @torch.no_grad()
 def generate_unguided(lab, model, n: int, steps: Optional[int] = None, *, sampler=None
                       ) -> torch.Tensor:
-    ddpm = sampler or lab.sampler(steps)
-    out = []
-    chunk = sampling_chunk(lab.device)
-    for i in range(0, n, chunk):
-        x, _ = ddpm.sample(model, (min(chunk, n - i), *lab.image_shape))
-        out.append(x.clamp(-1, 1).cpu())
-    return torch.cat(out)
+    x, _ = unguided_samples(lab, model, n, sampler or lab.sampler(steps))
+    return x.clamp(-1, 1)
 
 
 def _clip_score(lab, images: torch.Tensor, text_features: torch.Tensor) -> float:

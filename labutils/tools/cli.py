@@ -9,11 +9,11 @@ checkpoints, resume and torchrun multi-GPU), ``sample`` (grids and GIFs from a c
 for offline compute nodes).
 
 Exit codes: 0 done; 1 something failed (``prepare``: a requested item; ``train``: ranks
-disagree; a write failed, e.g. a full disk); 2 bad arguments or unusable input (message on
-stderr, no traceback); 3 training stopped on a NaN/inf loss or NaN/inf weights (no checkpoint
-with them is written; the last good one is kept; try a lower ``--lr``); 130 / 143 stopped by
-SIGINT / SIGTERM after saving a checkpoint (``--resume`` continues; a second signal stops at
-once with the same code).
+disagree; a write failed); 2 bad arguments, unusable input or output (message on stderr, no
+traceback; also a full disk, a run folder another ``train`` holds, a bad on/off switch); 3
+training stopped on a NaN/inf loss or NaN/inf weights (no checkpoint with them is written; the
+last good one is kept; try a lower ``--lr``); 130 / 143 stopped by SIGINT / SIGTERM after saving
+a checkpoint (``--resume`` continues; a second signal stops at once with the same code).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..config import LABS, PROFILES, ConfigError, set_threads
+from ..config import LABS, PROFILES, ConfigError, check_switches, set_threads
 from ..diffusion import SAMPLERS
 
 EXIT_BAD_INPUT = 2
 _BAD_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
-                    errno.EEXIST, errno.ENAMETOOLONG}
+                    errno.EEXIST, errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT}
 
 
 # --- argument types: bad values become argparse errors (usage + message, exit 2) ------------
@@ -44,6 +44,21 @@ def _int_at_least(minimum: int, what: str):
             raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value}")
         return value
     return parse
+
+
+# torch, Python and (reduced mod 2**32) NumPy all take a seed in this range.
+SEED_MAX = 2**63 - 1
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"--seed must be in 0 ... 2^63-1 ({SEED_MAX}), got "
+                                         f"{value}")
+    return value
 
 
 def _finite_float(what: str, positive: bool = False, at_most: Optional[float] = None):
@@ -119,7 +134,7 @@ def _sample_from(args, settings, path, state, device, out_format) -> int:
     with seeded(args.seed, device):
         samples = lab.sample(model, classes=args.classes, prompts=args.prompts,
                              weights=args.w, steps=args.steps, sampler=args.sampler,
-                             eta=args.eta, n=args.n)
+                             eta=args.eta, n=args.n, frames=15 if args.gif else 0)
     scale = grid_scale(settings.img_size)
     out = save_png(make_grid(samples.images, samples.ncols, scale=scale), Path(args.out),
                    format=out_format)
@@ -202,8 +217,25 @@ def _cmd_exercises(args) -> int:
     return run_exercises(args.out_dir, args.notebooks, args.labs)
 
 
+def _check_port(ip: str, port: int) -> None:
+    """:class:`ConfigError` (exit 2) when ``--port`` is taken on ``ip``, before JupyterLab
+    starts (it would exit 1 after a few seconds)."""
+    import socket
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as Jupyter binds
+        try:
+            probe.bind((ip, port))
+        except (OSError, OverflowError) as err:   # taken, not ours, or not a port number
+            why = getattr(err, "strerror", None) or str(err)
+            raise ConfigError(f"--port {port}: cannot listen on {ip} ({why}): choose "
+                              "another port, or leave out --port for a free one") from None
+
+
 def _cmd_lab(args) -> int:
     from .jupyter import run_lab
+    if args.port is not None:
+        _check_port(args.ip, args.port)
     return run_lab(ip=args.ip, port=args.port, root=args.notebooks, login=args.login,
                    log_level=args.log_level, show_token=args.show_token or None)
 
@@ -231,7 +263,7 @@ def _sampling_args(p) -> None:
                    help="DDIM's noise, 0 (deterministic) ... 1 (as much as DDPM); default 0 "
                         "where the schedule ends in pure noise (T=400), else 1 (T=150: see "
                         "README)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0 ... 2^63-1 (default 0)")
     p.add_argument("--clip-model", help="flowers-clip: CLIP name or checkpoint file")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="sample with the EMA weights (default when the checkpoint has them) or "
@@ -294,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default runs/train-LAB)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest readable checkpoint in --out (none: start)")
-    p.add_argument("--seed", type=int, help="random seed (default 0, or the checkpoint's)")
+    p.add_argument("--seed", type=_seed,
+                   help="random seed, 0 ... 2^63-1 (default 0, or the checkpoint's)")
     _compute_args(p)
     p.add_argument("--checkpoint-every", type=_int_at_least(0, "--checkpoint-every"),
                    default=500, help="steps between checkpoints, 0: none by steps (default "
@@ -435,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_switches()   # a bad LABUTILS_BF16=... is refused before any work
         if hasattr(args, "threads"):   # commands that compute: threads fit the allocation
             args.thread_info = set_threads(args.threads)
         return args.func(args)
