@@ -4,6 +4,7 @@ A benchmark is not a test of speed: nothing here asserts on a time, only that th
 there, positive, and that both configurations were measured.
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,13 +65,26 @@ def test_bench_smoke_writes_json_and_markdown_with_baseline_and_ours(tmp_path, c
         assert any(expected in m for m in measures), expected
     for row in report["rows"]:
         assert row["lab"] == "fmnist-cfg"
-        assert row["baseline"] > 0 and row["ours"] > 0 and row["ratio"] > 0
+        assert row["baseline"] > 0 and row["ours"] > 0
+        assert (row["ratio"] is None) == (row["unit"] == "%") and (row["ratio"] or 1) > 0
+
+    # The physical limit: the machine's matmul throughput and the step's share of it.
+    assert report["peak"]["fp32"]["gflops"] > 0 and report["peak"]["fp32"]["n"] == 256
+    assert ("bf16" in report["peak"]) == head["native_bf16"]
+    gflop = results["ours/train"]["step_gflop"]
+    assert gflop > 0 and "step_gflop" not in results["baseline/train"]
+    share = next(r for r in report["rows"] if r["measure"].startswith("arithmetic"))
+    step_s = results["ours/train"]["step_ms"]["median"] / 1e3
+    peak = report["peak"]["fp32"]["gflops"]
+    assert share["ours"] == pytest.approx(100 * gflop / step_s / peak)
+    assert re.search(r"= \*\*\d+%\*\* of the fp32 peak", share["ours_text"])
+    assert "matmul 256x256: fp32" in printed
     assert any(r["estimated"] for r in report["rows"])   # est. from a few steps
 
     md = (out / "bench.md").read_text()
     assert "| lab | measure | baseline (course) | ours | baseline/ours |" in md
     assert md.count("| fmnist-cfg |") == len(report["rows"])
-    assert "est. from 2 of" in md and head["torch"] in md
+    assert "est. from 2 of" in md and head["torch"] in md and "- measured peak: matmul" in md
 
 
 def test_bench_rejects_an_unknown_lab_and_a_lab_without_diffusion(capsys):
@@ -112,6 +126,23 @@ def test_time_sampling_cuts_the_chain_short_and_extrapolates():
     r = time_sampling(model, run, 40, warmup=1, timed=None, device=torch.device("cpu"))
     assert len(calls) == 40 and r["exact"] and r["timed_steps"] == 39
     assert not model._forward_pre_hooks    # the hook is gone either way
+
+
+def test_step_flops_extrapolated_from_two_small_batches_equal_the_direct_count():
+    """The count at batch 8 from batches 2 and 4 is the count at batch 8 (lab 03's U-Net,
+    guided loss of lab 04 A), and a matmul's throughput is measured at all."""
+    from labutils.config import lab_settings
+    from labutils.labs import Lab
+    from labutils.tools.bench_peak import matmul_throughput, step_flop
+    lab = Lab(lab_settings("fmnist-cfg", "ci"), torch.device("cpu"))
+    model, loss_fn = lab.build_model(), lab.loss_fn()
+    x, y = lab.random_batch(8)
+    direct = step_flop(model, loss_fn, x, y, probe=4)      # batch <= 2 probe: counted as is
+    assert step_flop(model, loss_fn, x, y, probe=2) == pytest.approx(direct, rel=1e-9)
+    assert direct > step_flop(model, loss_fn, x[:4], y[:4], probe=4) > 0
+    assert all(p.grad is None for p in model.parameters())   # the count leaves no gradients
+    r = matmul_throughput(torch.device("cpu"), torch.float32, n=64, min_seconds=0, min_reps=2)
+    assert r["reps"] == 2 and r["gflops"] >= r["gflops_median"] > 0
 
 
 # --- the course-faithful data sets -------------------------------------------------------------

@@ -29,6 +29,13 @@ What is measured, per lab and configuration:
   labs 02-03: 16 images): one warm-up reverse step, then a few timed reverse steps scaled to
   the whole chain ("est."), or every step with ``--exact-sampling`` (the default on CUDA).
 
+Before the labs, when training is measured: the machine's own arithmetic limit, a large fp32
+(and, where native, bf16) matrix multiply (:mod:`.bench_peak`); each training step is then
+also reported as GFLOP a step and the share of that limit it reaches.
+
+This module measures; :mod:`.bench_report` turns the results into rows, ``bench.md`` and
+``bench.json``; :mod:`.course_baseline` is the course's own way of doing each thing.
+
 Each (lab, configuration, training|sampling) runs in its own child process (``spawn``) that
 sizes its threads like every labutils command (:func:`labutils.config.set_threads`): peak RSS is
 that measurement's own and no run warms another's caches. Results go to ``bench.json`` and
@@ -45,7 +52,6 @@ import contextlib
 import dataclasses
 import importlib
 import itertools
-import json
 import multiprocessing
 import platform
 import resource
@@ -62,10 +68,12 @@ from ..config import (ConfigError, cpu_flags, cpu_supports_bf16, cuda_supports_b
                       lab_settings, set_threads, timestamp, use_bf16)
 from ..labs import REGISTRY, Lab
 from ..modules import compiled
+from .bench_peak import machine_peak, step_flop, sync_device
+from .bench_report import (BASELINE, CLIP_NOTE, OURS, lab_rows, peak_text, render_markdown,
+                           write_report)
 
 DEFAULT_LABS = ("fmnist-optimized", "fmnist-cfg", "flowers-clip")
 BENCH_LABS = tuple(name for name in REGISTRY if lab_settings(name, "full").T)
-BASELINE, OURS = "baseline", "ours"
 KNOBS = ("ours+channels_last", "ours+compile")
 BIG_MODEL_PARAMS = 10_000_000        # on a CPU, fewer steps for models above this
 DDIM_STEPS = 50
@@ -139,11 +147,6 @@ def make_plan(lab: str, device: torch.device, opts: BenchOptions) -> Plan:
 
 
 # --- small helpers -----------------------------------------------------------------------------
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def stats_ms(seconds: Sequence[float]) -> Dict:
     """Median and spread of durations, in ms."""
@@ -285,7 +288,7 @@ def _train_phase(job) -> Dict:
         dataset = _baseline_data(lab, plan, job, device, notes)
         loader = course_dataloader(dataset, plan.batch)
     full_steps = len(loader)
-    _sync(device)
+    sync_device(device)
     prep_s = time.perf_counter() - t0
     model = lab.build_model()
     optimizer = (lab.optimizer(model) if ours
@@ -310,25 +313,27 @@ def _train_phase(job) -> Dict:
         marks: List[float] = []
 
         def on_step(step, epoch, loss):
-            _sync(device)
+            sync_device(device)
             marks.append(time.perf_counter())
 
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         train(net, loss_fn, _FixedBatches(x, y, n, labels=loader.labels), optimizer, 1,
               progress=False, on_step=on_step)
         ends = [start, *marks]
         times = [b - a for a, b in zip(ends, ends[1:])]
+        if config == OURS:   # the same arithmetic as the baseline's step: counted once
+            result["step_gflop"] = step_flop(model, loss_fn, x, y) / 1e9
     else:
         batch = next(iter(loader))
         model.train()
         times = []
         for _ in range(n):
-            _sync(device)
+            sync_device(device)
             t = time.perf_counter()
             course_step(model, optimizer, lab.ddpm, batch, T=s.T, device=device,
                         conditioning=spec.conditioning, n_classes=lab.n_classes)
-            _sync(device)
+            sync_device(device)
             times.append(time.perf_counter() - t)
     timed = times[plan.warmup:] or times
     result["step_ms"] = stats_ms(timed)
@@ -342,7 +347,7 @@ def _train_phase(job) -> Dict:
     # 2. K steps through the data path, as one block, scaled to the epoch
     if config in (BASELINE, OURS):
         k = full_steps if plan.epoch_steps is None else min(plan.epoch_steps, full_steps)
-        _sync(device)
+        sync_device(device)
         t = time.perf_counter()
         if ours:
             loader.max_batches = k
@@ -351,7 +356,7 @@ def _train_phase(job) -> Dict:
             for batch in itertools.islice(loader, k):
                 course_step(model, optimizer, lab.ddpm, batch, T=s.T, device=device,
                             conditioning=spec.conditioning, n_classes=lab.n_classes)
-        _sync(device)
+        sync_device(device)
         block = time.perf_counter() - t
         result["epoch"] = {"steps_timed": k, "seconds_timed": block,
                            "seconds": block / k * full_steps, "exact": k == full_steps}
@@ -375,13 +380,13 @@ def time_sampling(model, run: Callable[[], object], total_steps: int, warmup: in
     limit = None if timed is None or warmup + timed >= total_steps else warmup + timed
 
     def hook(module, args):
-        _sync(device)
+        sync_device(device)
         marks.append(time.perf_counter())
         if limit is not None and len(marks) > limit:
             raise _StopSampling
 
     handle = model.register_forward_pre_hook(hook)
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     exact = True
     try:
@@ -390,7 +395,7 @@ def time_sampling(model, run: Callable[[], object], total_steps: int, warmup: in
         exact = False
     finally:
         handle.remove()
-    _sync(device)
+    sync_device(device)
     end = time.perf_counter()
     if exact:
         marks.append(end)          # the last step ends when the sampler returns
@@ -450,7 +455,14 @@ def _sample_phase(job) -> Dict:
     return out
 
 
-PHASES = {"train": _train_phase, "sample": _sample_phase}
+def _peak_phase(job) -> Dict:
+    """The machine's matrix-multiply throughput, the yardstick of the training steps."""
+    smoke = job["smoke"]   # the mechanics in a fraction of a second
+    return machine_peak(torch.device(job["device"]), min_seconds=0.1 if smoke else 1.0,
+                        n=256 if smoke else None)
+
+
+PHASES = {"train": _train_phase, "sample": _sample_phase, "peak": _peak_phase}
 
 
 def _child(job, conn) -> None:
@@ -489,164 +501,6 @@ def run_job(job, in_process: bool = False) -> Dict:
     return payload if status == "ok" else {"error": payload}
 
 
-# --- the report ---------------------------------------------------------------------------------
-
-def _num(v: float) -> str:
-    if v >= 100:
-        return f"{v:,.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}" if v >= 1 else f"{v:.3g}"
-
-
-def _ms(st: Dict) -> str:
-    return f"{_num(st['median'])} [{_num(st['min'])}-{_num(st['max'])}]"
-
-
-def _ratio(b: Optional[float], o: Optional[float]) -> Optional[float]:
-    return b / o if b and o else None
-
-
-def _row(lab, measure, unit, b, o, b_text, o_text, estimated=False, note=""):
-    return {"lab": lab, "measure": measure, "unit": unit, "baseline": b, "ours": o,
-            "ratio": _ratio(b, o), "baseline_text": b_text, "ours_text": o_text,
-            "estimated": estimated, "note": note}
-
-
-def _failed(res: Optional[Dict]) -> bool:
-    return res is None or "error" in res
-
-
-def lab_rows(lab: str, results: Dict, device: torch.device) -> List[Dict]:
-    """The report's rows for one lab from its measurements (missing ones are skipped)."""
-    rows = []
-    mem_key = "peak_cuda_mb" if device.type == "cuda" else "peak_rss_mb"
-    mem_name = "peak GPU memory" if device.type == "cuda" else "peak RSS"
-    b, o = results.get((BASELINE, "train")), results.get((OURS, "train"))
-    if not _failed(b) and not _failed(o):
-        prec = "bf16" if o["bf16"] else "fp32"
-        rows.append(_row(lab, f"train step, batch {b['batch']} (ms, median [min-max])", "ms",
-                         b["step_ms"]["median"], o["step_ms"]["median"],
-                         f"{_ms(b['step_ms'])}, {_num(b['images_per_s'])} img/s",
-                         f"{_ms(o['step_ms'])}, {_num(o['images_per_s'])} img/s ({prec})"))
-        for name, key in (("ours + channels_last", "ours+channels_last"),
-                          ("ours + torch.compile", "ours+compile")):
-            k = results.get((key, "train"))
-            if k is None:
-                continue
-            if _failed(k):
-                rows.append(_row(lab, f"train step, {name} (ms)", "ms", None, None, "",
-                                 "failed", note=k.get("error", "").splitlines()[0]))
-                continue
-            note = (f"compile {k['compile_s']:.1f} s (first step less a steady one)"
-                    if "compile_s" in k else "")
-            rows.append(_row(lab, f"train step, {name} (ms)", "ms", b["step_ms"]["median"],
-                             k["step_ms"]["median"], _ms(b["step_ms"]), _ms(k["step_ms"]),
-                             note=note))
-        if "epoch" in b and "epoch" in o:
-            be, oe = b["epoch"], o["epoch"]
-
-            def ep(e, r):
-                how = ("measured" if e["exact"]
-                       else f"est. from {e['steps_timed']} of {r['steps_per_epoch']} steps")
-                return f"{_num(e['seconds'])} ({how})"
-            rows.append(_row(lab, f"epoch incl. data, {o['images']:,} images (s)", "s",
-                             be["seconds"], oe["seconds"], ep(be, b), ep(oe, o),
-                             estimated=not (be["exact"] and oe["exact"])))
-        rows.append(_row(lab, "data preparation, once (s)", "s", b["data_prep_s"],
-                         o["data_prep_s"], _num(b["data_prep_s"]), _num(o["data_prep_s"])))
-        rows.append(_row(lab, f"{mem_name}, training (MB)", "MB", b.get(mem_key), o.get(mem_key),
-                         _num(b.get(mem_key, 0)), _num(o.get(mem_key, 0))))
-    b, o = results.get((BASELINE, "sample")), results.get((OURS, "sample"))
-    if not _failed(b) and not _failed(o):
-        pic = o["picture"]
-        what = (f"{pic['rows']} x {pic['cols']} grid" if pic["kind"] == "guided"
-                else f"{pic['images']} images")
-        base = b["runs"][0]
-        by_kind = {r["sampler"]: r for r in o["runs"]}
-
-        def st(r):
-            how = ("measured" if r["exact"]
-                   else f"est. from {r['timed_steps']} of {r['steps']} steps")
-            return f"{_num(r['seconds'])} ({how}; {_num(r['step_ms']['median'])} ms/step)"
-        for kind, label in (("ddim", f"sample {what}: course DDPM T={base['steps']} fp32 vs "
-                                     f"ours DDIM {DDIM_STEPS}"),
-                            ("ddpm", f"sample {what}: DDPM T={base['steps']}, course fp32 vs "
-                                     "ours (precision only)")):
-            r = by_kind.get(kind)
-            if r is None:
-                continue
-            prec = "bf16" if r["bf16"] else "fp32"
-            rows.append(_row(lab, f"{label} [{prec}] (s)", "s", base["seconds"], r["seconds"],
-                             st(base), st(r), estimated=not (base["exact"] and r["exact"])))
-        rows.append(_row(lab, f"{mem_name}, sampling (MB)", "MB", b.get(mem_key), o.get(mem_key),
-                         _num(b.get(mem_key, 0)), _num(o.get(mem_key, 0))))
-    for (config, phase), res in results.items():
-        if _failed(res):
-            err = (res or {}).get("error", "not run").strip().splitlines()
-            rows.append(_row(lab, f"{phase} ({config})", "", None, None, "failed", "failed",
-                             note=err[0] if err else ""))
-    return rows
-
-
-CLIP_NOTE = ("flowers-clip: lab.dataset() needs CLIP; fixed random 512-d vectors stand in for "
-             "the image and prompt encodings in both configurations (ours reads the same "
-             "photos with our own flowers loader, load_flowers_tensors).")
-NOTES = [
-    "baseline = the course's way: fp32, eager, default memory format, plain torch.optim.Adam, "
-    "a DataLoader(batch_size=B, shuffle=True, drop_last=True) transforming each item "
-    "(Fashion-MNIST: PIL Resize(16), ToTensor, RandomHorizontalFlip, 2t-1 over train+test; "
-    "flowers: pre-transformed once, per item RandomCrop(32) + RandomHorizontalFlip on the "
-    "device), sampling with DDPM over all T steps in fp32. The course wraps its models in "
-    "torch.compile; the baseline here is eager (--knobs measures compile).",
-    "ours = labutils: Lab's model/optimizer (fused Adam on CUDA)/loss, BatchLoader over "
-    "lab.dataset() with lab.augment(), labutils.training.train, bf16 autocast where "
-    "use_bf16() says so; sampling with lab.sampler(50, 'ddim') and DDPM over all T steps.",
-    "ratio = baseline / ours: above 1, ours is faster (or smaller).",
-    "train step: one fixed batch, warm-up steps untimed, then timed steps (synchronized on "
-    "CUDA); median [min-max]; img/s = batch / median. Epoch: K steps through the data path as "
-    "one block, scaled to the epoch's steps (est.), or a whole epoch (--full-epoch).",
-    "sampling: one untimed warm-up reverse step, then timed steps (a pre-forward hook; "
-    "synchronized on CUDA); est. = their mean x all steps (--exact-sampling runs them all).",
-    "each (lab, configuration, training | sampling) ran in its own spawned process: peak "
-    "memory is its own (RSS: ru_maxrss; GPU: torch.cuda.max_memory_allocated).",
-]
-
-
-def render_markdown(report: Dict) -> str:
-    h = report["header"]
-    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in h["cpu_flags"].items())
-    lines = [f"# labutils bench ({h['date']})", "",
-             f"- device: {h['device']} ({h['device_name']})" +
-             (f", CPU {h['cpu']}" if h["device"].startswith("cuda") else ""),
-             f"- torch {h['torch']}, Python {h['python']}",
-             f"- threads: {h['threads']} ({h['threads_reason']})",
-             f"- CPU flags: {flags}; native bf16: {'yes' if h['native_bf16'] else 'no'}; "
-             f"ours uses bf16: {'yes' if h['ours_bf16'] else 'no'}",
-             f"- command: `{h['command']}`" + ("  (smoke: tiny sizes, numbers mean nothing)"
-                                               if report["options"]["smoke"] else ""),
-             "", "| lab | measure | baseline (course) | ours | baseline/ours |",
-             "|---|---|---|---|---|"]
-    for r in report["rows"]:
-        ratio = f"**{r['ratio']:.2f}x**" if r["ratio"] else "-"
-        measure = r["measure"] + (f" ({r['note']})" if r["note"] else "")
-        lines.append(f"| {r['lab']} | {measure} | {r['baseline_text']} | {r['ours_text']} "
-                     f"| {ratio} |")
-    lines += ["", "Plans (per lab): " + "; ".join(
-        f"{lab}: batch {p['batch']}, {p['warmup']} warm-up + {p['reps']} timed steps, "
-        f"K = {p['epoch_steps'] or 'a whole epoch'}, sampling "
-        f"{'all steps' if p['sample_steps'] is None else str(p['sample_steps']) + ' timed steps'}"
-        for lab, p in report["plans"].items()), "", "Notes:", ""]
-    lines += [f"- {n}" for n in NOTES + report.get("notes", [])]
-    return "\n".join(lines) + "\n"
-
-
-def _write(out: Path, report: Dict) -> None:
-    from ..files import write_text_atomic
-    write_text_atomic(out / "bench.json", json.dumps(report, indent=2, default=str))
-    write_text_atomic(out / "bench.md", render_markdown(report))
-
-
 def run_bench(opts: BenchOptions, thread_info: Optional[Dict] = None,
               in_process: bool = False, command: Optional[str] = None) -> int:
     """Measure, print and write the report; 0 when every measurement ran, else 1."""
@@ -677,7 +531,9 @@ def run_bench(opts: BenchOptions, thread_info: Optional[Dict] = None,
     plans = {lab: make_plan(lab, device, opts) for lab in opts.labs}
     phases = ("train", "sample") if opts.what == "all" else (opts.what,)
     configs = [BASELINE, OURS]
-    jobs = []
+    # The yardstick first, on the machine as every measurement finds it.
+    jobs = ([{"lab": "machine", "config": "matmul", "phase": "peak", "device": str(device),
+              "threads": opts.threads, "smoke": opts.smoke}] if "train" in phases else [])
     for lab in opts.labs:
         for phase in phases:
             for config in configs + (list(KNOBS) if opts.knobs and phase == "train" else []):
@@ -696,19 +552,24 @@ def run_bench(opts: BenchOptions, thread_info: Optional[Dict] = None,
         print(f"[{i}/{len(jobs)}] {job['lab']} {job['config']} {job['phase']} ...", end=" ",
               flush=True)
         res = run_job(job, in_process)
-        results[job["lab"]][(job["config"], job["phase"])] = res
-        report["results"][job["lab"]][f"{job['config']}/{job['phase']}"] = res
+        if job["phase"] == "peak":
+            report["peak"] = res
+        else:
+            results[job["lab"]][(job["config"], job["phase"])] = res
+            report["results"][job["lab"]][f"{job['config']}/{job['phase']}"] = res
         if "error" in res:
             failed += 1
             print(f"FAILED ({res['error'].splitlines()[0]})", flush=True)
         else:
-            print(f"{time.perf_counter() - t:.1f} s", flush=True)
+            print(f"{time.perf_counter() - t:.1f} s"
+                  + (f": {peak_text(res)}" if job["phase"] == "peak" else ""), flush=True)
             for note in res.get("notes", []):
                 note = f"{job['lab']}: {note}"
                 if note not in report["notes"]:
                     report["notes"].append(note)
-        report["rows"] = [r for lab in opts.labs for r in lab_rows(lab, results[lab], device)]
-        _write(out, report)
+        report["rows"] = [r for lab in opts.labs
+                          for r in lab_rows(lab, results[lab], device, report.get("peak"))]
+        write_report(out, report)
     text = render_markdown(report)
     print("\n" + text[text.index("| lab |"):text.index("\nPlans")], flush=True)
     print(f"report: {out / 'bench.md'} and {out / 'bench.json'}", flush=True)
