@@ -11,6 +11,7 @@ The course library (data -> model -> diffusion -> training -> pictures):
   plotting    images, grids, trajectories, GIFs
   clip        lab 05: CLIP loading, the offline stand-in, the embedding cache
   labs        the lab registry: one spec per lab, read by notebooks and tools alike
+  checks      the notebooks' exercise checks: expected vs got, with a hint
 Around it: ``interactive`` (previews and widgets for the notebooks) and ``tools`` (the
 command line, checkpoints, torchrun, the notebook runner, bench, doctor).
 """
@@ -25,7 +26,9 @@ from .diffusion import DDPM, GUIDANCE_WEIGHTS, get_context_mask, linear_beta_sch
 from .models import (BasicUNet, DownBlock, EmbedBlock, GELUConvBlock, RearrangePoolBlock,
                      ResidualConvBlock, SinusoidalPositionEmbedBlock, UNet, UpBlock)
 from .modules import count_parameters, evaluating
-from .plotting import (make_grid, plot_generated_images, save_animation, show_tensor_image,
-                       to_image)
+from .plotting import (make_grid, plot_generated_images, plot_grid, plot_image_grid,
+                       plot_image_rows, save_animation, show_tensor_image, to_image,
+                       trajectory_frames)
 from .training import NonFiniteLossError, TrainResult, train
 from .labs import REGISTRY, LabSpec, get_spec
+from .checks import check, check_same, check_training_loop, check_true

@@ -14,7 +14,8 @@ import pytest
 
 from labutils.tools.cli import main
 from labutils.tools.exercises import (PLACEHOLDER, ExerciseError, count_exercises, find_regions,
-                                      learner_notebook, learner_source, write_learner_edition)
+                                      learner_markdown, learner_notebook, learner_source,
+                                      write_learner_edition)
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LABS = ("01", "02", "03", "04", "05")
@@ -52,6 +53,22 @@ def test_a_region_becomes_its_learner_lines_with_their_indentation():
 def test_a_region_without_learner_lines_becomes_one_fixme_line():
     src = "a = 1\n    # BEGIN EXERCISE\n    b = a + 1\n    # END EXERCISE\nprint(b)"
     assert learner_source(src) == f"a = 1\n    {PLACEHOLDER}\nprint(b)"
+
+
+def test_hint_lines_stay_above_the_learner_lines():
+    src = ("    # BEGIN EXERCISE\n    # HINT: twice y\n    # LEARNER: z = FIXME\n    z = 2 * y\n"
+           "    # END EXERCISE")
+    assert learner_source(src) == "    # HINT: twice y\n    z = FIXME"
+    assert find_regions(src)[0].hints == ("    # HINT: twice y",)
+    no_learner = "# BEGIN EXERCISE\n# HINT: add one\nb = a + 1\n# END EXERCISE"
+    assert learner_source(no_learner) == f"# HINT: add one\n{PLACEHOLDER}"
+
+
+def test_markdown_edition_lines():
+    md = ("# Title\n<!-- SOLUTION -->This is the solution edition.\n"
+          "<!-- LEARNER: This is the **exercise edition**. -->\nMore text.")
+    assert learner_markdown(md) == "# Title\nThis is the **exercise edition**.\nMore text."
+    assert learner_markdown("plain <!-- LEARNER: x --> inline") == "plain <!-- LEARNER: x --> inline"
 
 
 def test_cells_without_regions_are_left_alone():
@@ -95,7 +112,7 @@ def test_learner_edition_replaces_every_region(lab):
     n_regions = 0
     for sol, lrn in zip(solution.cells, learner.cells):
         if sol.cell_type != "code":
-            assert lrn.source == sol.source
+            assert lrn.source == learner_markdown(sol.source)
             continue
         regions = find_regions(sol.source)
         if not regions:

@@ -6,23 +6,30 @@ marker). Lines inside a region that start with ``# LEARNER: `` (after any indent
 learner's version: the prefix is stripped, the indentation before ``#`` is kept, and the blanks
 are the undefined name ``FIXME``, as in the course. The learner edition replaces the whole region
 (markers, learner lines and solution) by those lines, or by a single ``FIXME  # your code here``
-line at the marker's indentation when the region has none. Every other cell is copied as it is;
-outputs are cleared. Executing a learner notebook then stops with ``NameError: name 'FIXME' is not
-defined`` at the first exercise not yet done.
+line at the marker's indentation when the region has none. Lines ``# HINT: ...`` inside a region
+are kept, as they are, above the learner's lines: every exercise gives one. In markdown cells a
+line starting ``<!-- SOLUTION -->`` is dropped and a line ``<!-- LEARNER: text -->`` (invisible in
+the solution edition) becomes ``text``: that is how each introduction says which edition it is.
+Every other cell is copied as it is; outputs are cleared. Executing a learner notebook then stops
+with ``NameError: name 'FIXME' is not defined`` at the first exercise not yet done.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 BEGIN = "# BEGIN EXERCISE"
 END = "# END EXERCISE"
 LEARNER = "# LEARNER:"
+HINT = "# HINT:"
 PLACEHOLDER = "FIXME  # your code here"
 
 _MARKER = re.compile(r"^(?P<indent>\s*)(?P<tag># (?:BEGIN|END) EXERCISE)\b.*$")
 _LEARNER = re.compile(r"^(?P<indent>\s*)# LEARNER:(?: (?P<code>.*))?$")
+_HINT = re.compile(r"^\s*# HINT:")
+_MD_SOLUTION = "<!-- SOLUTION -->"
+_MD_LEARNER = re.compile(r"^<!-- LEARNER: (?P<text>.*?) -->\s*$")
 
 
 class ExerciseError(ValueError):
@@ -36,6 +43,7 @@ class Region(NamedTuple):
     end: int
     learner: List[str]     # the learner's lines, prefix stripped
     solution: List[str]    # the other lines between the markers
+    hints: Tuple[str, ...] = ()   # the ``# HINT:`` lines, as they are
 
 
 def find_regions(source: str, where: str = "cell") -> List[Region]:
@@ -45,6 +53,7 @@ def find_regions(source: str, where: str = "cell") -> List[Region]:
     start: Optional[int] = None
     learner: List[str] = []
     solution: List[str] = []
+    hints: List[str] = []
     for i, line in enumerate(lines):
         marker = _MARKER.match(line)
         tag = marker.group("tag") if marker else None
@@ -52,16 +61,18 @@ def find_regions(source: str, where: str = "cell") -> List[Region]:
             if start is not None:
                 raise ExerciseError(f"{where}, line {i + 1}: {BEGIN} inside an open region "
                                     f"(opened on line {start + 1})")
-            start, learner, solution = i, [], []
+            start, learner, solution, hints = i, [], [], []
         elif tag == END:
             if start is None:
                 raise ExerciseError(f"{where}, line {i + 1}: {END} without {BEGIN}")
-            regions.append(Region(start, i, learner, solution))
+            regions.append(Region(start, i, learner, solution, tuple(hints)))
             start = None
         elif start is not None:
             m = _LEARNER.match(line)
             if m:
                 learner.append(m.group("indent") + (m.group("code") or ""))
+            elif _HINT.match(line):
+                hints.append(line)
             else:
                 solution.append(line)
         elif _LEARNER.match(line):
@@ -82,6 +93,7 @@ def learner_source(source: str, where: str = "cell") -> str:
     pos = 0
     for region in regions:
         out.extend(lines[pos:region.begin])
+        out.extend(region.hints)
         if region.learner:
             out.extend(region.learner)
         else:
@@ -89,6 +101,18 @@ def learner_source(source: str, where: str = "cell") -> str:
             out.append(indent + PLACEHOLDER)
         pos = region.end + 1
     out.extend(lines[pos:])
+    return "\n".join(out)
+
+
+def learner_markdown(source: str) -> str:
+    """A markdown cell's learner text: ``<!-- SOLUTION -->`` lines dropped, ``<!-- LEARNER: x -->``
+    lines shown as ``x``."""
+    out = []
+    for line in source.split("\n"):
+        if line.startswith(_MD_SOLUTION):
+            continue
+        m = _MD_LEARNER.match(line)
+        out.append(m.group("text") if m else line)
     return "\n".join(out)
 
 
@@ -102,6 +126,8 @@ def learner_notebook(nb, name: str = "notebook"):
     import copy
     nb = copy.deepcopy(nb)
     for k, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            cell.source = learner_markdown(cell.source)
         if cell.cell_type != "code":
             continue
         cell.source = learner_source(cell.source, f"{name}, cell {k + 1}")
