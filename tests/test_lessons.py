@@ -183,3 +183,11 @@ def test_check_training_loop_passes_the_course_loop_and_names_a_missing_zero_gra
                                                  r"expected \[.*\] \(labutils\.train\), got \[.*\]"
                                                  r"\n  hint: zero the gradients"):
         check_training_loop(_loop(False), make, loss_fn, _tiny_data(), **args)
+
+
+def test_make_run_puts_the_diagrams_beside_the_executed_notebooks(tmp_path):
+    from labutils.tools.runner import copy_diagrams
+    copy_diagrams(NOTEBOOKS, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(DIAGRAMS)
+    copy_diagrams(tmp_path / "nowhere", tmp_path / "empty")   # no figures folder: nothing to do
+    assert not (tmp_path / "empty").exists()

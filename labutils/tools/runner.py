@@ -200,6 +200,18 @@ def summary_table(results: Sequence[NotebookResult]) -> str:
     return "\n".join(lines)
 
 
+def copy_diagrams(directory: Path, out: Path) -> None:
+    """The lessons' diagrams (``figures/*.png`` beside the notebooks) into ``out/figures/``, so
+    that the executed notebooks' and HTML pages' relative image links still resolve there."""
+    import shutil
+    src = directory / "figures"
+    if not src.is_dir():
+        return
+    (out / "figures").mkdir(exist_ok=True)
+    for png in sorted(src.glob("*.png")):
+        shutil.copy2(png, out / "figures" / png.name)
+
+
 def run_notebooks(out: Optional[Path] = None, profile: Optional[str] = None,
                   select: Optional[Sequence[str]] = None, directory: Path = NOTEBOOK_DIR,
                   timeout: int = 6 * 3600, keep_going: bool = True) -> Path:
@@ -218,6 +230,7 @@ def run_notebooks(out: Optional[Path] = None, profile: Optional[str] = None,
     out = Path(out) if out else project_dir() / "runs" / timestamp()
     out.mkdir(parents=True, exist_ok=True)
     notebooks = find_notebooks(directory, select)
+    copy_diagrams(directory, out)
     if any(p.name[:2] in ("04", "05") for p in notebooks):
         ensure_flowers()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
