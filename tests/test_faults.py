@@ -328,8 +328,10 @@ def flower_class_all_unreadable(c: Case):
             "--data-dir", photos, "--device", "cpu", *TRAIN]
 
 
-def second_sigterm_during_save(c: Case):
-    """SIGTERM twice while the second checkpoint's bytes are being written."""
+def second_sigterm_during_save(c: Case, same_request_s: float = 0.0):
+    """SIGTERM twice while the second checkpoint's bytes are being written; with the default
+    window, the two are one request (as scancel's TERM plus the job script's forwarded one)."""
+    c.monkeypatch.setattr(train_job, "SAME_REQUEST_S", same_request_s)
     real_save, calls = torch.save, {"n": 0}
 
     def save(obj, f, *args, **kwargs):
@@ -407,6 +409,70 @@ def nothing_left_by_download(c: Case):
     assert list((c.tmp / "project").iterdir()) == []
 
 
+
+# --- issue 20: a full disk, a held run folder, on/off switches, unbounded sampling, odd numbers --
+
+def enospc(f):
+    """What ``torch.save`` raises on a full disk: its zip writer's RuntimeError from the OSError."""
+    try:
+        f.write(b"PK\x03\x04 part of a checkpoint")
+        raise OSError(28, "No space left on device")
+    except OSError as err:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from err
+
+
+def disk_full_at_third_checkpoint(c: Case):
+    """Simulated ENOSPC (the real tmpfs: test_disk_full_on_a_real_tmpfs): the third write fails."""
+    real_save, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            enospc(f)
+        return real_save(obj, f, *args, **kwargs)
+    c.monkeypatch.setattr(files_mod.torch, "save", save)
+    return ["train", "fmnist-ddpm", "--profile", "ci", "--out", c.tmp / "run",
+            "--checkpoint-every", "1", *TRAIN]
+
+
+def two_checkpoints_no_temporaries(c: Case):
+    folder = c.tmp / "run" / "checkpoints"
+    assert [s for s, _ in CheckpointDir(folder).list()] == [1, 2]
+    assert all(load_checkpoint(p)["step"] == s for s, p in CheckpointDir(folder).list())
+    assert not list(folder.glob(".*.tmp"))
+
+
+def resume_without_room(c: Case):
+    """Simulated: the file system reports 1 MB free, less than a 4 MB checkpoint."""
+    c.run_copy()
+    usage = shutil.disk_usage(c.tmp)
+    c.monkeypatch.setattr(ckpt_mod.shutil, "disk_usage",
+                          lambda p: usage._replace(free=2**20))
+    return ["train", "fmnist-ddpm", "--out", c.tmp / "run", "--resume", "--epochs", "2",
+            *TRAIN]
+
+
+def sample_n_over_the_memory_limit(c: Case):
+    """The limit lowered to 1 MB: 500 images of 16 x 16 need about 5 MB (nothing sampled)."""
+    from labutils import sample_limits
+    c.run_copy()
+    c.monkeypatch.setattr(sample_limits, "PICTURE_MEMORY_LIMIT", 2**20)
+    return ["sample", c.tmp / "run", "--n", "500", "--steps", "1", "--out", c.tmp / "s.png"]
+
+
+def bf16_switch(value: str):
+    def setup(c: Case):
+        c.monkeypatch.setenv("LABUTILS_BF16", value)
+        return ["train", "fmnist-ddpm", "--profile", "ci", "--out", c.tmp / "run", *TRAIN]
+    return setup
+
+
+def sample_steps_over_T(c: Case):
+    c.run_copy()
+    return ["sample", c.tmp / "run", "--n", "2", "--steps", "1000", "--sampler", "ddim",
+            "--out", c.tmp / "s.png"]
+
+
 RESUMED = ["run/checkpoints/ckpt-step00000004.pt", "run/loss.jsonl", "run/settings.json",
            "run/summary.json", "run/checkpoints/ckpt-step00000002.pt"]
 
@@ -463,6 +529,12 @@ FAULTS = [
           "SIGTERM again: stopped at once",
           may_change=["run/loss.jsonl", "run/settings.json",
                       "run/checkpoints/ckpt-step00000001.pt"], then=only_the_first_checkpoint),
+    Fault("9 the same SIGTERM twice at once is one request",
+          lambda c: second_sigterm_during_save(c, train_job.SAME_REQUEST_S), 143,
+          "SIGTERM again within 5 s: the same request",
+          may_change=["run/loss.jsonl", "run/settings.json", "run/checkpoints"],
+          then=lambda c: CheckpointDir(c.tmp / "run" / "checkpoints").latest()[1]["step"] >= 2
+          or pytest.fail("the checkpoint being written was not completed")),
     Fault("9 sample --prompts ''", empty_prompt, 2, "a prompt is empty"),
     Fault("9 sample prompt over 77 tokens", long_prompt, 2, "longer than CLIP's 77-token "
           "context", may_change=["clip-cache"]),
@@ -475,6 +547,35 @@ FAULTS = [
     # 11. nothing left behind
     Fault("11 failed Fashion-MNIST download", failed_download, 2, "Fashion-MNIST not found",
           then=nothing_left_by_download),
+    # 20. a full disk, a held run folder, switches, unbounded --n, odd numbers (issue 20)
+    Fault("20.1 disk full at a checkpoint write (simulated ENOSPC)",
+          disk_full_at_third_checkpoint, 2, "run/checkpoints: no space left on device",
+          may_change=["run/loss.jsonl", "run/settings.json",
+                      "run/checkpoints/ckpt-step00000001.pt",
+                      "run/checkpoints/ckpt-step00000002.pt"],
+          then=two_checkpoints_no_temporaries),
+    Fault("20.1 the same: the last good checkpoint and the way on",
+          disk_full_at_third_checkpoint, 2,
+          "ckpt-step00000002.pt (not overwritten). Free some space, then continue with: "
+          "labutils train fmnist-ddpm", may_change=["run"]),
+    Fault("20.1 --resume without room for a checkpoint: refused before training",
+          resume_without_room, 2, "no space left on device (a checkpoint needs about 4.8 MB, "
+          "1.0 MB free)"),
+    Fault("20.3 LABUTILS_BF16=off", bf16_switch("off"), 0, "bf16 autocast off", stream="out",
+          may_change=["run"]),
+    Fault("20.3 LABUTILS_BF16=maybe", bf16_switch("maybe"), 2,
+          "LABUTILS_BF16='maybe' is not an on/off value: use 1/true/yes/on (on) or "
+          "0/false/no/off (off)"),
+    Fault("20.4 sample --n over the memory limit: refused up front", sample_n_over_the_memory_limit,
+          2, "a picture of 500 images would need about 4.9 MB of memory, over the limit of "
+          "1.0 MB"),
+    Fault("20.6 --seed -1", lambda c: ["train", "fmnist-ddpm", "--seed", "-1"], 2,
+          "--seed must be in 0 ... 2^63-1 (9223372036854775807), got -1"),
+    Fault("20.6 sample --seed 2^63", lambda c: ["sample", c.tmp, "--seed", str(2**63)], 2,
+          "--seed must be in 0 ... 2^63-1"),
+    Fault("20.6 sample --steps above T: said once", sample_steps_over_T, 0,
+          "1000 sampling steps asked for, more than the model's T = 150 diffusion steps: "
+          "sampling 150", may_change=["s.png"]),
 ]
 
 
@@ -683,3 +784,237 @@ def test_sigkill_during_a_checkpoint_write_resumes_to_the_same_weights(tmp_path)
     a = load_checkpoint(folder / "ckpt-step00000008.pt")["model"]
     b = load_checkpoint(straight / "checkpoints" / "ckpt-step00000008.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+# --- issue 20, beside the table: real processes, a real tmpfs, each switch -------------------------
+
+def _train_args(run: Path, *extra) -> list:
+    return [sys.executable, "-m", "labutils", "train", "fmnist-ddpm", "--profile", "ci",
+            "--out", str(run), *TRAIN, *extra]
+
+
+def _wait_for(predicate, proc, what: str, limit_s: float = 240) -> None:
+    """Poll until ``predicate()`` (no timing asserted: the limit only ends a hung test)."""
+    import time
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert proc.poll() is None, f"the holder ended before {what}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"no {what} within {limit_s} s"
+        time.sleep(0.2)
+
+
+def test_a_second_train_on_a_held_run_folder_is_refused_until_the_holder_is_killed(tmp_path):
+    """Two real ``labutils train`` processes on one --out; then the holder gets SIGKILL."""
+    import socket
+    from labutils.tools.run_lock import LOCK_NAME
+    run = tmp_path / "run"
+    holder = subprocess.Popen(_train_args(run, "--epochs", "100000", "--checkpoint-every", "0",
+                                          "--checkpoint-minutes", "0"),
+                              cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        lock, log = run / LOCK_NAME, run / "loss.jsonl"
+        _wait_for(lambda: log.is_file() and log.stat().st_size > 0, holder, "training")
+        assert json.loads(lock.read_text())["pid"] == holder.pid
+        # What the second job's start-up would have destroyed: a checkpoint being written.
+        writing = run / "checkpoints" / ".ckpt-step00000099.pt.x1.tmp"
+        writing.parent.mkdir(exist_ok=True)
+        writing.write_bytes(b"half a checkpoint")
+        log_inode = log.stat().st_ino
+
+        second = subprocess.run(_train_args(run, "--epochs", "1"), cwd=ROOT, env=ENV,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip().count("\n") == 0, second.stderr   # one line
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started" in second.stderr
+        assert "in use by another labutils train" in second.stderr
+        assert writing.is_file() and log.stat().st_ino == log_inode   # nothing touched
+        assert holder.poll() is None
+
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert lock.is_file()   # left by the killed holder: not a PID file, the kernel freed it
+    third = subprocess.run(_train_args(run, "--epochs", "1"), cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert not writing.exists()        # its start-up clean-up ran, under the lock
+    assert not lock.exists()           # a clean exit removes the file
+
+
+def test_the_lock_is_refused_within_one_process_too_and_released(tmp_path):
+    from labutils.tools.run_lock import RunFolderBusy, RunLock
+    folder = tmp_path / "new" / "run"
+    with RunLock(folder):
+        with pytest.raises(RunFolderBusy, match=rf"pid {os.getpid()} on host .*choose another"):
+            RunLock(folder).acquire()
+    assert not folder.exists()   # made for the lock, left empty: removed
+    with RunLock(folder):
+        (folder / "keep.txt").write_text("x")
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+
+
+TMPFS_RUN = """
+set -u
+mount -t tmpfs -o size=14m tmpfs "$1" || exit 97
+shift
+"$@" --epochs 3 --checkpoint-every 2; echo "first=$?"
+ls -a "$OUT/checkpoints"
+"$@" --epochs 3 --checkpoint-every 2 --resume; echo "resume=$?"
+"""
+
+
+def test_disk_full_on_a_real_tmpfs(tmp_path):
+    """A real 14 MB tmpfs (room for three 4 MB checkpoints, not four), mounted in a private
+    mount namespace (``unshare -m``; ``-r`` as well when not root), so it disappears with the
+    test's processes. The simulated ENOSPC rows of the table cover machines without it."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    unshare = ["unshare", "-m"] + ([] if os.geteuid() == 0 else ["-r"])
+    env = dict(ENV, OUT=str(mnt / "run"))
+    try:
+        done = subprocess.run([*unshare, "bash", "-c", TMPFS_RUN, "tmpfs", str(mnt),
+                               *_train_args(mnt / "run")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        done = None
+    if done is None or done.returncode == 97 or (done.returncode != 0 and "first=" not in
+                                                 done.stdout):
+        why = "no unshare" if done is None else done.stderr.strip()[-300:]
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs here ({why})")
+        pytest.skip(f"cannot mount a tmpfs here ({why}): run as root, or where unprivileged "
+                    "user namespaces are allowed; the simulated ENOSPC rows still run")
+    out, err = done.stdout, done.stderr
+    assert "first=2" in out, err
+    assert "resume=2" in out, err
+    errors = [l for l in err.splitlines() if "error:" in l]
+    assert len(errors) == 2 and "Traceback" not in err, err
+    assert "run/checkpoints: no space left on device (writing the checkpoint of step 8)" in errors[0]
+    assert "Last good checkpoint: " + str(mnt / "run/checkpoints/ckpt-step00000006.pt") in err
+    assert "continue with: labutils train fmnist-ddpm" in err
+    # The resume says so before training: no step of it ran.
+    assert "no space left on device (a checkpoint needs about" in errors[1]
+    listing = out.split("first=2", 1)[1].split("resume=", 1)[0].split()
+    assert sorted(n for n in listing if n.endswith(".pt")) == [
+        "ckpt-step00000002.pt", "ckpt-step00000004.pt", "ckpt-step00000006.pt"]
+    assert not [n for n in listing if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("1", True), ("ON", True), (" yes ", True), ("True", True),
+    ("0", False), ("off", False), ("OFF", False), ("False", False), ("no", False),
+    ("", None), ("  ", None),
+])
+def test_each_switch_reads_every_accepted_value(value, expected, monkeypatch):
+    from labutils.config import SWITCHES, env_switch
+    for name, (default, _) in SWITCHES.items():
+        monkeypatch.setenv(name, value)
+        assert env_switch(name) == (default if expected is None else expected), name
+
+
+@pytest.mark.parametrize("name", ["LABUTILS_BF16", "LABUTILS_CLIP_OFFLINE",
+                                  "LABUTILS_MNIST_DOWNLOAD"])
+@pytest.mark.parametrize("value", ["maybe", "n", "2", "offf"])
+def test_each_switch_refuses_other_values_by_name(name, value, monkeypatch):
+    from labutils.config import ConfigError, SWITCHES, check_switches
+    assert name in SWITCHES
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=rf"^{name}='{value}' is not an on/off value: use "
+                                          r"1/true/yes/on \(on\) or 0/false/no/off \(off\)"):
+        check_switches()
+
+
+def test_switch_bf16_off_means_off(monkeypatch):
+    from labutils.config import use_bf16
+    for value in ("off", "OFF", "False", " no "):
+        monkeypatch.setenv("LABUTILS_BF16", value)
+        assert use_bf16(torch.device("cpu")) is False
+    monkeypatch.setenv("LABUTILS_BF16", "On")
+    assert use_bf16(torch.device("cpu")) is True
+
+
+def test_switch_clip_offline_off_allows_the_download(monkeypatch, tmp_path):
+    from labutils.clip import encoder as encoder_mod
+    from labutils.clip.encoder import ClipUnavailableError
+    tried = []
+
+    def download(url, root):
+        tried.append(url)
+        raise OSError("no network (test)")
+    monkeypatch.setattr(encoder_mod.clip.clip, "_download", download)
+    monkeypatch.setenv("LABUTILS_CLIP_OFFLINE", "off")
+    with pytest.raises(OSError, match="no network"):
+        encoder_mod.fetch_model("ViT-B/32", tmp_path)
+    assert len(tried) == 1
+    monkeypatch.setenv("LABUTILS_CLIP_OFFLINE", "Yes")
+    with pytest.raises(ClipUnavailableError, match="LABUTILS_CLIP_OFFLINE"):
+        encoder_mod.fetch_model("ViT-B/32", tmp_path)
+    assert len(tried) == 1
+    monkeypatch.setenv("LABUTILS_CLIP_OFFLINE", "maybe")   # an error, not the stand-in
+    from labutils.clip import load_clip
+    from labutils.config import ConfigError
+    with pytest.raises(ConfigError, match="LABUTILS_CLIP_OFFLINE='maybe'"):
+        load_clip("ViT-B/32", download_root=tmp_path)
+
+
+def test_switch_mnist_download_off_means_no_download(monkeypatch, tmp_path):
+    from labutils.data import mnist
+    tried = []
+    monkeypatch.delenv("LABUTILS_MNIST_DIR", raising=False)
+    monkeypatch.setattr(mnist, "DOWNLOAD_DIR", tmp_path)
+    monkeypatch.setattr(mnist, "_FAILED_DOWNLOADS", {})
+    monkeypatch.setattr(mnist, "_download", lambda dest: tried.append(dest) or False)
+    for value in ("off", "FALSE", "no", "0"):
+        monkeypatch.setenv("LABUTILS_MNIST_DOWNLOAD", value)
+        assert mnist.find_mnist()[0] is None and tried == []
+    monkeypatch.setenv("LABUTILS_MNIST_DOWNLOAD", "on")
+    mnist.find_mnist()
+    assert tried == [tmp_path]
+
+
+def test_sample_n_is_drawn_in_chunks(tmp_path, base_run, monkeypatch, capsys):
+    """--n 10 with chunks of 4: three model batches of 4, 4 and 2; the grid holds all 10."""
+    from labutils import diffusion
+    monkeypatch.setattr(labs, "sampling_chunk", lambda device: 4)
+    sizes, real = [], diffusion.DDPM.sample
+
+    def sample(self, model, shape, *args, **kwargs):
+        sizes.append(shape[0])
+        return real(self, model, shape, *args, **kwargs)
+    monkeypatch.setattr(diffusion.DDPM, "sample", sample)
+    code, out, err = run_main(["sample", base_run, "--n", "10", "--steps", "1",
+                               "--out", tmp_path / "s.png", "--gif", tmp_path / "s.gif"], capsys)
+    assert code == 0, err
+    assert sizes == [4, 4, 2] and "10 images" in out
+    from PIL import Image
+    assert Image.open(tmp_path / "s.png").size == (4 * (8 * 17 + 1), 4 * (2 * 17 + 1))  # x4
+    assert Image.open(tmp_path / "s.gif").n_frames >= 1
+
+
+def test_steps_over_T_is_said_once_per_command(capsys):
+    lab = labs.Lab(lab_settings("fmnist-ddpm", "ci"), "cpu")
+    assert lab.sampler(1000).T == 150 and lab.sampler(999, "ddim").T == 150
+    err = capsys.readouterr().err
+    assert err.count("more than the model's T = 150") == 1
+
+
+def test_lab_port_in_use_exits_2(capsys):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_main(["lab", "--port", port], capsys)
+    assert code == 2 and f"--port {port}: cannot listen on 127.0.0.1" in err
+    assert "Address already in use" in err and err.count("\n") == 1
+
+
+def test_train_takes_a_seed_up_to_2_63_minus_1(tmp_path, capsys):
+    code, out, err = run_main(["train", "fmnist-ddpm", "--profile", "ci", "--out", tmp_path / "r",
+                               "--epochs", "0", "--seed", 2**63 - 1, *TRAIN], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "settings.json").read_text())["seed"] == 2**63 - 1

@@ -174,3 +174,53 @@ def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["lab", "--port", "0"])
     assert exit_info.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+def _start_lab(tmp_path, home, job_id):
+    """``labutils lab`` as a subprocess; (process, its start-up output, JupyterLab's pid)."""
+    env = dict(os.environ, HOME=str(home), SLURM_JOB_ID=job_id, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "labutils", "lab", "--notebooks",
+                             str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, out = _lines(proc.stdout), []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not any("Stop with Ctrl-C" in line for line in out):
+        assert time.monotonic() < deadline, "no start-up message:\n" + "".join(out)
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        assert line is not None, "labutils lab exited early:\n" + "".join(out)
+        out.append(line)
+    text = "".join(out)
+    return proc, text, int(re.search(r"\(pid (\d+)\)", text).group(1))
+
+
+def test_sigkill_of_lab_takes_jupyterlab_along_and_the_next_start_removes_its_token_file(
+        tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    killed, text, server_pid = _start_lab(tmp_path, home, "901")
+    port = int(re.search(r"port (\d+),", text).group(1))
+    stale = home / ".labutils-lab-901.url"
+    assert stale.is_file()
+    killed.kill()                      # SIGKILL: no handler of ours runs
+    killed.wait(30)
+    deadline = time.monotonic() + 60   # JupyterLab gets SIGTERM from the kernel and shuts down
+    while _pid_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _pid_alive(server_pid), "JupyterLab outlived the labutils lab that started it"
+    assert not _listening(port)
+    assert stale.is_file()             # nothing could remove it at the kill
+
+    live, text, live_pid = _start_lab(tmp_path, home, "902")
+    try:
+        assert f"removed {stale}: its server is no longer running" in text
+        assert not stale.exists()
+        # A live server's file holds its lock: another start-up's sweep keeps it.
+        assert jupyter.remove_stale_url_files(home) == []
+        assert (home / ".labutils-lab-902.url").is_file()
+    finally:
+        live.send_signal(signal.SIGTERM)
+        assert live.wait(timeout=90) == 0
+    assert not (home / ".labutils-lab-902.url").exists() and not _pid_alive(live_pid)

@@ -1,8 +1,11 @@
-"""Multi-GPU (and multi-process CPU) training with DistributedDataParallel, launched by torchrun.
+"""Multi-GPU (and multi-process CPU) training with DistributedDataParallel, launched by torchrun
+or by Slurm's ``srun``.
 
 ``torchrun --nproc_per_node=N -m labutils train LAB ...`` starts N processes and sets
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``; :func:`init` reads
-them. GPUs talk over NCCL, CPU processes over gloo. Every rank trains on its own shard of each
+them. ``srun --ntasks=N labutils train LAB ...`` starts N tasks with ``SLURM_PROCID``,
+``SLURM_NTASKS`` and ``SLURM_LOCALID``: :func:`slurm_ranks` turns those into the same, with the
+step's first node as the address and a port derived from the job and step ids. GPUs talk over NCCL, CPU processes over gloo. Every rank trains on its own shard of each
 epoch (``BatchLoader(rank=, world_size=)``); rank 0 alone logs, samples and writes checkpoints.
 
 Decisions that must be the same on every rank (stop now? was the loss finite?) are agreed
@@ -123,31 +126,117 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+@dataclasses.dataclass
+class Ranks:
+    """Where a process sits in a launch and how the ranks find each other."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    init_method: str = "env://"   # torchrun's MASTER_ADDR / MASTER_PORT
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``gpu[03-05,9]`` -> ``gpu03``, ``a,b`` -> ``a``.
+
+    What ``scontrol show hostnames`` would print first, without needing scontrol on the node."""
+    nodelist = nodelist.strip()
+    head, _, rest = nodelist.partition("[")
+    if "," in head:                       # "a,b[1-2]": the first name is plain
+        return head.split(",")[0]
+    if not rest:
+        return head
+    first = rest.split(",")[0].split("-")[0].rstrip("]")
+    return head + first
+
+
+# srun's tasks meet on this port range: the port follows from the job and step ids, so every
+# rank computes the same one, and two steps (or jobs) on one node rarely pick the same.
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 20000, 20000
+
+
+def slurm_ranks(env=None) -> Optional[Ranks]:
+    """The ranks of a task that ``srun`` started as one of several in its step, else None.
+
+    A batch script's own shell also sees ``SLURM_NTASKS`` and ``SLURM_PROCID=0``: only a job
+    *step* (``SLURM_STEP_ID``) with several tasks is a distributed launch. ``MASTER_ADDR`` /
+    ``MASTER_PORT``, when set, win over the node list and the derived port."""
+    env = os.environ if env is None else env
+    if "SLURM_STEP_ID" not in env or "SLURM_PROCID" not in env:
+        return None
+    world = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1")
+    if world <= 1:
+        return None
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+    addr = env.get("MASTER_ADDR") or (first_host(nodes) if nodes else "127.0.0.1")
+    ids = int(env.get("SLURM_JOB_ID", "0")) * 7 + int(env.get("SLURM_STEP_ID", "0") or 0)
+    port = int(env.get("MASTER_PORT") or SLURM_PORT_BASE + ids % SLURM_PORT_SPAN)
+    return Ranks(int(env["SLURM_PROCID"]), world, int(env.get("SLURM_LOCALID", "0")),
+                 f"tcp://{addr}:{port}")
+
+
+def launch_ranks() -> Optional[Ranks]:
+    """torchrun's ranks, else srun's, else None (a single process)."""
+    if launched_by_torchrun():
+        return Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                     int(os.environ.get("LOCAL_RANK", "0")))
+    return slurm_ranks()
+
+
 def init(device: Optional[str] = None) -> DistContext:
-    """Join the process group when torchrun started us; else a single-process context."""
-    if not launched_by_torchrun():
+    """Join the process group when torchrun or srun started us; else a single-process context."""
+    ranks = launch_ranks()
+    if ranks is None:
         return DistContext(device=get_device(device))
-    rank = int(os.environ["RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = ranks.rank, ranks.world_size, ranks.local_rank
     dev = get_device(device)  # checks an explicit "cuda" against what torch sees
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"local rank {local_rank} but only {torch.cuda.device_count()} "
-                              "GPUs visible: use --nproc_per_node <= the GPU count")
+                              "GPUs visible: use --nproc_per_node (or srun's --ntasks-per-node)"
+                              " <= the GPU count")
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
         backend = "nccl"
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(**process_group_kwargs(backend, dev))
+        dist.init_process_group(**process_group_kwargs(backend, dev),
+                                init_method=ranks.init_method, rank=rank, world_size=world_size)
     # Small decisions (stop? save?) travel over gloo on the CPU: no GPU sync for them.
     control = (dist.new_group(backend="gloo",
                               timeout=datetime.timedelta(seconds=collective_timeout_s()))
                if dist.get_backend() != "gloo" else None)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
                        control_group=control)
+
+
+def slurm_job_note(env=None) -> Optional[str]:
+    """"Slurm job 42, start 2 (SLURM_RESTART_COUNT=1)" for the run's log, or None outside Slurm:
+    a requeued job's output shows which start each part of the log belongs to."""
+    env = os.environ if env is None else env
+    job = env.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    restarts = env.get("SLURM_RESTART_COUNT", "0") or "0"
+    return (f"Slurm job {job} on {env.get('SLURMD_NODENAME', '?')}, start "
+            f"{int(restarts) + 1 if restarts.isdigit() else '?'} "
+            f"(SLURM_RESTART_COUNT={restarts})")
+
+
+def report_exit(code: int, ctx: DistContext) -> int:
+    """``code``, written by rank 0 to ``LABUTILS_EXIT_FILE`` when that is set: torchrun exits
+    with a code of its own, so its job script reads the workers' outcome (75: requeue) there."""
+    path = os.environ.get("LABUTILS_EXIT_FILE")
+    if path and ctx.is_main:
+        try:
+            with open(path, "w") as f:
+                f.write(f"{code}\n")
+        except OSError as err:
+            print(f"labutils: could not write LABUTILS_EXIT_FILE={path}: {err}", flush=True)
+    return code
 
 
 # Seconds a collective may wait before NCCL/gloo give up (NCCL's default is 10 minutes). Rank 0

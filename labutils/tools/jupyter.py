@@ -7,17 +7,23 @@ command for this node and the line to paste in the browser. Ctrl-C (SIGINT) or S
 
 Security: the token is passed to Jupyter in its environment (``JUPYTER_TOKEN``), never on the
 command line, where other users of a shared node could read it with ``ps``. The browser line
-with the token goes to ``~/.labutils-lab-<job>.url`` (mode 600, removed on stop); it is printed
+with the token goes to ``~/.labutils-lab-<job>.url`` (mode 600, removed on stop, and locked
+while the server lives, so a start-up removes the files of servers that were killed); it is printed
 only when stdout is a terminal (or with ``--show-token``), never into a batch job's output file,
 which is only as private as the umask makes it. Binding to another address than
 the loopback needs ``--ip`` given explicitly and prints a warning. Kernels talk to the server
 over IPC sockets in your private Jupyter runtime folder, not TCP ports on the node.
 
+JupyterLab dies with the process that started it (Linux's parent-death signal), so a
+``kill -9`` of ``labutils lab`` never leaves a server listening with a valid token.
+
 :func:`start_lab` is also what the browser tests use to get a server.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import getpass
 import ipaddress
 import os
@@ -138,6 +144,27 @@ class LabServer:
         return proc.returncode
 
 
+def _parent_death_signal():
+    """A ``preexec_fn`` that makes the child receive SIGTERM when its parent dies (Linux's
+    ``PR_SET_PDEATHSIG``; None elsewhere). Jupyter keeps it across its ``exec`` of
+    ``jupyter-lab`` and shuts its kernels down on that SIGTERM. (It fires when the *thread* that
+    started the child ends: start servers from a thread that lives as long as they should.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec():
+        prctl(1, int(signal.SIGTERM))    # PR_SET_PDEATHSIG
+        if os.getppid() != parent:       # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         if hasattr(os, "killpg"):
@@ -178,7 +205,8 @@ def start_lab(root: Path, ip: str = LOOPBACK, port: Optional[int] = None,
             proc = subprocess.Popen(lab_command(ip, chosen, root, log_level, extra),
                                     env=child_env, cwd=str(root), stdin=subprocess.DEVNULL,
                                     stdout=out or sys.stderr, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=_parent_death_signal())
         finally:
             if out:
                 out.close()
@@ -243,15 +271,48 @@ def url_file() -> Path:
     return Path.home() / f".labutils-lab-{ident}.url"
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (created fresh with mode 600)."""
+def write_private(path: Path, text: str) -> int:
+    """Write ``text`` to ``path`` readable by its owner only (created fresh with mode 600) and
+    return an open descriptor holding ``flock`` on it: close it (or die) and the lock is gone,
+    which is how :func:`remove_stale_url_files` tells a live server's file from a dead one's.
+    Written under a temporary name and renamed, so the file is never seen unlocked."""
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+        with contextlib.suppress(OSError):   # no flock on this file system: never seen stale
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, text.encode())
+        os.replace(temp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    return fd
+
+
+def remove_stale_url_files(folder: Optional[Path] = None) -> List[Path]:
+    """Remove ``~/.labutils-lab-*.url`` files whose server is gone (killed with ``kill -9``, a
+    lost node): nobody holds their lock. A file whose lock cannot be tested is kept."""
+    removed = []
+    for path in sorted((folder or Path.home()).glob(".labutils-lab-*.url")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass   # held by a live server (or no flock on this file system): keep it
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def connect_message(server: LabServer, destination: str, target: str, saved: Optional[Path],
@@ -300,13 +361,16 @@ def run_lab(ip: str = LOOPBACK, port: Optional[int] = None, root: Optional[Path]
         stop["signal"] = signum
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server, saved = None, None
+    server, saved, held = None, None, None
+    for path in remove_stale_url_files():
+        print(f"labutils lab: removed {path}: its server is no longer running", file=sys.stderr)
     try:
         server = start_lab(root, ip=ip, port=port, log_level=log_level)
         target = LOOPBACK if ip in ("0.0.0.0", "::") or is_loopback(ip) else ip
         try:
             saved = url_file()
-            write_private(saved, f"http://127.0.0.1:{server.port}/lab?token={server.token}\n")
+            held = write_private(saved,
+                                 f"http://127.0.0.1:{server.port}/lab?token={server.token}\n")
         except OSError as err:
             print(f"labutils lab: could not write the token file ({err}): printing the token",
                   file=sys.stderr)
@@ -336,9 +400,9 @@ def run_lab(ip: str = LOOPBACK, port: Optional[int] = None, root: Optional[Path]
         if server is not None and server.process.poll() is None:
             server.stop(30)
         if saved is not None:
-            try:
+            with contextlib.suppress(OSError):
                 saved.unlink()
-            except OSError:
-                pass
+        if held is not None:
+            os.close(held)
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -11,6 +11,7 @@ rank, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -32,10 +33,13 @@ from ..modules import compiled
 from ..plotting import make_grid
 from ..training import NonFiniteLossError, train
 from . import distributed
-from .checkpoint import CheckpointDir, CheckpointError, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (CheckpointDir, CheckpointError, NoSpaceError, check_free_space,
+                         checkpoint_bytes, load_checkpoint, out_of_space, rng_state, set_rng_state)
+from .run_lock import RunLock
 from ..files import check_writable, grid_scale, save_png, write_text_atomic
 
 EXIT_NONFINITE = 3
+EXIT_NO_SPACE = 2   # unusable output, as for other bad input
 FINITE_CHECK_EVERY = 50   # steps between checks of the weights for NaN/inf (and at every save)
 # Minutes between checkpoints by wall time, unless --checkpoint-minutes says otherwise. A flowers
 # checkpoint (model + Adam state) is 0.53 GB: 1.4-2.0 s to write and fsync on a local disk, so
@@ -73,46 +77,77 @@ def say(ctx, *parts, **kw) -> None:
         print(*parts, **kw, flush=True)
 
 
-# --- stop on SIGTERM / SIGINT ----------------------------------------------------------------
+# --- stop on a signal: SIGUSR1 (requeue), SIGTERM / SIGINT (stop) ------------------------------
+
+EXIT_REQUEUE = 75     # stopped on SIGUSR1 after a checkpoint: "requeue me" (sysexits' EX_TEMPFAIL)
+# The same signal again within this many seconds is the same request: `scancel` signals every
+# process of a job and the job script forwards the signal too; torchrun forwards Ctrl-C that the
+# terminal also delivered. Never a reason to skip the checkpoint.
+SAME_REQUEST_S = 5.0
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1")
+                     if hasattr(signal, name))
+
 
 class StopNow(KeyboardInterrupt):
-    """A second SIGTERM/SIGINT: stop at once; ``exit_code`` is 128 + that signal's number."""
+    """A second signal: stop at once; ``exit_code`` is 128 + that signal's number."""
 
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+    def __init__(self, signum: int, first: int):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} again" if signum == first
+                         else f"{name} after {signal.Signals(first).name}")
         self.signum, self.exit_code = signum, 128 + signum
 
 
 class StopRequest:
-    """Remembers the first SIGTERM/SIGINT; the loop stops after its current step and saves.
+    """Remembers the first stop signal; the loop stops after its current step and saves.
 
-    A second signal interrupts at once (KeyboardInterrupt), for a user who cannot wait.
+    SIGUSR1 (Slurm's ``--signal`` before a time limit, a preemption notice) ends with
+    :data:`EXIT_REQUEUE`, which the job scripts in ``slurm/`` answer with ``scontrol requeue``;
+    SIGTERM (``scancel``, the hard time limit) and SIGINT end with 143 / 130, never requeued.
+    A different signal, or the same one after :data:`SAME_REQUEST_S`, interrupts at once
+    (:class:`StopNow`), for a user who cannot wait. Entering it again (nested ``with``) is a
+    no-op, so the handlers can be installed before the job is built.
     """
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self._at = 0.0
         self._previous = {}
+        self._depth = 0
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if self._depth == 0:
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        self._depth += 1
         return self
 
     def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.signum is not None:
-            raise StopNow(signum)
-        self.signum = signum
-        print(f"\nlabutils: {signal.Signals(signum).name} received: saving a checkpoint and "
-              "stopping after this step (send it again to stop at once)", file=sys.stderr,
-              flush=True)
+            if signum == self.signum and time.monotonic() - self._at < SAME_REQUEST_S:
+                print(f"labutils: {name} again within {SAME_REQUEST_S:g} s: the same request, "
+                      "still saving", file=sys.stderr, flush=True)
+                return
+            raise StopNow(signum, self.signum)
+        self.signum, self._at = signum, time.monotonic()
+        then = (f"exiting with {EXIT_REQUEUE} (requeue)" if signum == getattr(signal, "SIGUSR1", 0)
+                else f"exiting with {128 + signum}")
+        print(f"\nlabutils: {name} received: saving a checkpoint at this step, then {then} "
+              f"(another signal stops at once; the same one within {SAME_REQUEST_S:g} s counts as "
+              "this request)", file=sys.stderr, flush=True)
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum if self.signum else 0
+        if not self.signum:
+            return 0
+        return EXIT_REQUEUE if self.signum == getattr(signal, "SIGUSR1", 0) else 128 + self.signum
 
 
 # --- 1. and 2.: where to start from, with which settings ----------------------------------------
@@ -208,8 +243,7 @@ class TrainJob:
 
     def __init__(self, args, ctx):
         self.args, self.ctx = args, ctx
-        self.out = Path(args.out) if args.out else Path("runs") / f"train-{args.lab}"
-        check_writable(self.out, "--out", folder=True)  # before any work that could be lost
+        self.out = run_folder(args)
         self.ckpts = CheckpointDir(self.out / "checkpoints", keep=args.keep)
         if ctx.is_main:
             self.ckpts.clean_temporaries()
@@ -324,6 +358,8 @@ class TrainJob:
         say(ctx, f"{threads['threads']} CPU threads per process ({threads['reason']}); bf16 "
                  f"autocast {'on' if use_bf16(ctx.device) else 'off'}; torch.compile "
                  f"{'on (the first steps compile)' if s.compile else 'off'}")
+        if distributed.slurm_job_note():   # a requeued job says which start this is
+            say(ctx, distributed.slurm_job_note())
         if self.resumed_from:
             say(ctx, f"resuming from {self.resumed_from} (step {self.start_step} of "
                      f"{self.total_steps})")
@@ -344,8 +380,16 @@ class TrainJob:
         self.check_finite(step, "before writing a checkpoint")
         rngs = self.ctx.gather(rng_state(self.ctx.device))
         self.last_save = time.monotonic()   # on every rank: the time cadence is agreed on
-        if not self.ctx.is_main or self.saved["step"] == step:
-            return
+        full = None
+        if self.ctx.is_main and self.saved["step"] != step:
+            try:
+                self._write_checkpoint(step, rngs)
+            except NoSpaceError as err:
+                full = err
+        if self.ctx.any(full is not None):   # every rank stops here, not at its next collective
+            raise full or NoSpaceError(self.ckpts.directory, "on rank 0")
+
+    def _write_checkpoint(self, step: int, rngs) -> None:
         s = self.settings
         ckpt = {"format": 1, "labutils_version": __version__,
                 "torch_version": str(torch.__version__), "lab": s.lab,
@@ -358,6 +402,31 @@ class TrainJob:
             ckpt["clip"] = self.lab.clip_info()
         self.saved["path"] = str(self.ckpts.save(ckpt, step))
         self.saved["step"] = step
+
+    def check_space(self) -> None:
+        """Refuse to start (or resume) a run whose checkpoints' file system has no room for one
+        more: the size of the checkpoint resumed from, else an estimate. Rank 0 decides."""
+        problem = None
+        if self.ctx.is_main:
+            need = (Path(self.resumed_from).stat().st_size if self.resumed_from else
+                    checkpoint_bytes(self.model, self.ema.shadow if self.ema else None))
+            try:
+                check_free_space(self.ckpts.directory, need + 2**20)   # + the logs
+            except NoSpaceError as err:
+                problem = err
+        problem = self.ctx.broadcast(problem)
+        if problem is not None:
+            raise problem
+
+    def no_space(self, err: OSError) -> int:
+        """The one-line message of a full disk, with the last good checkpoint and the way on."""
+        folder = err.folder if isinstance(err, NoSpaceError) else self.out
+        detail = f" ({err.detail})" if isinstance(err, NoSpaceError) and err.detail else ""
+        say(self.ctx, f"labutils train: error: {folder}: no space left on device{detail}\n"
+                      f"Last good checkpoint: {self.saved['path'] or 'none yet'} (not "
+                      "overwritten). Free some space, then continue with: "
+                      f"{self.continue_command()}", file=sys.stderr)
+        return EXIT_NO_SPACE
 
     def draw(self, epoch: int) -> None:
         """The lab's sample grid into ``samples/epochNNN.png`` (rank 0, a fixed seed)."""
@@ -416,8 +485,19 @@ class TrainJob:
     # --- the run ---------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Train to the end (0), or stop on a signal after a checkpoint (130/143; a second
-        signal stops at once, same codes), or on a NaN/inf loss or weights without touching the
+        """:meth:`train`, with a full disk reported in one line (exit 2), before training when
+        there is no room for a checkpoint."""
+        try:
+            self.check_space()
+            return self.train()
+        except OSError as err:
+            if not out_of_space(err):
+                raise
+            return self.no_space(err)
+
+    def train(self) -> int:
+        """Train to the end (0), or stop on a signal after a checkpoint (:class:`StopRequest`:
+        75 for SIGUSR1, 143 / 130 for SIGTERM / SIGINT; a second signal stops at once), or on a NaN/inf loss or weights without touching the
         last good checkpoint (3)."""
         self.write_header()
         ctx, s = self.ctx, self.settings
@@ -454,7 +534,7 @@ class TrainJob:
                 if result.step > self.start_step:
                     self.save(result.step)   # always at the end (a no-op if just saved)
         except StopNow as err:
-            say(ctx, f"labutils train: {err} again: stopped at once; last checkpoint: "
+            say(ctx, f"labutils train: {err}: stopped at once; last checkpoint: "
                      f"{self.saved['path'] or 'none yet'}. Continue with: "
                      f"{self.continue_command()}", file=sys.stderr)
             return err.exit_code
@@ -493,10 +573,37 @@ class TrainJob:
         return 0
 
 
+def run_folder(args) -> Path:
+    """The run folder (``--out``, default ``runs/train-LAB``), refused if it cannot be written."""
+    out = Path(args.out) if args.out else Path("runs") / f"train-{args.lab}"
+    return check_writable(out, "--out", folder=True)   # before any work that could be lost
+
+
+@contextlib.contextmanager
+def holding(folder: Path, ctx):
+    """Rank 0 holds ``folder``'s :class:`RunLock` around the job (another live job there: every
+    rank gets its refusal). Taken before anything in the folder is touched."""
+    lock, problem = RunLock(folder), None
+    if ctx.is_main:
+        try:
+            lock.acquire()
+        except ConfigError as err:
+            problem = str(err)
+    problem = ctx.broadcast(problem)
+    if problem:
+        raise ConfigError(problem)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def run_train(args) -> int:
-    """The ``train`` command: set up the process group (torchrun) around one :class:`TrainJob`."""
+    """The ``train`` command: set up the process group (torchrun) around one :class:`TrainJob`,
+    holding the run folder's lock."""
     ctx = distributed.init(args.device)
     try:
-        return TrainJob(args, ctx).run()
+        with holding(run_folder(args), ctx):
+            return distributed.report_exit(TrainJob(args, ctx).run(), ctx)
     finally:
         distributed.shutdown(ctx)
