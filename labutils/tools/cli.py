@@ -274,9 +274,9 @@ def _sampling_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labutils", description="Diffusion-model labs: run the notebooks, train, sample.",
-        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 NaN/inf loss or weights, 130/143 "
-               "stopped by "
-               "SIGINT/SIGTERM after a checkpoint (continue with --resume).")
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 NaN/inf loss or weights, 75/143/130 "
+               "stopped by SIGUSR1 (requeue)/SIGTERM/SIGINT after a checkpoint (continue with "
+               "--resume).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train one lab with checkpoints (torchrun for several GPUs)",
         description="Train one lab. Several GPUs: torchrun --nproc_per_node=N -m labutils "
-                    "train LAB ... SIGTERM/SIGINT save a checkpoint and exit 143/130.")
+                    "train LAB ... SIGUSR1/SIGTERM/SIGINT save a checkpoint and exit 75 (requeue: "
+                    "slurm/*.sbatch)/143/130.")
     p.add_argument("lab", choices=LABS, metavar="LAB", help="one of: " + ", ".join(LABS))
     p.add_argument("--profile", choices=PROFILES,
                    help="settings profile (default: LABUTILS_PROFILE, else full with a GPU, "
