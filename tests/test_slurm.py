@@ -236,6 +236,9 @@ class Job:
     def release(self) -> None:
         """Start a requeued job now instead of in ~2 minutes (Slurm's own admin command)."""
         self.wait_state(("PENDING",), 60)
+        # slurmd refuses a credential issued in the same second as the requeue revoked the old
+        # one ("Job credential revoked": the job FAILs): let that second pass.
+        time.sleep(2)
         self.cluster.run("scontrol", "update", f"JobId={self.id}", "StartTime=now")
 
     def scancel(self, *options) -> None:
@@ -302,6 +305,7 @@ def test_time_limit_checkpoints_requeues_and_resumes_to_the_same_weights(cluster
         assert 0 < stopped < epochs * 4, "the job should stop mid-run"
         assert CheckpointDir(run / "checkpoints").latest()[1]["step"] == stopped
         job.wait_state(("PENDING",), 60)
+        time.sleep(2)   # as in Job.release
         # Released at once, with room to finish (the scheduler would start it in ~2 min, with
         # the same limit, and it would stop and requeue again until done).
         cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now", "TimeLimit=10")
