@@ -49,10 +49,10 @@ def test_judges_are_cached_with_the_data_fingerprint(tiny_splits, tmp_path):
     first = J.get_judge("fashion-mnist", 16, splits=tiny_splits, recipe=TINY,
                         directory=tmp_path, progress=said.append)
     files = list(tmp_path.glob("fashion-mnist-16px-*.pt"))
-    assert len(files) == 1 and J.fingerprint(tiny_splits)[:16] in files[0].name
+    assert len(files) == 1 and J.fingerprint(tiny_splits, TINY)[:16] in files[0].name
     # The cache is plain tensors and containers: it loads with weights_only=True.
     state = torch.load(files[0], weights_only=True)
-    assert state["meta"]["fingerprint"] == J.fingerprint(tiny_splits)
+    assert state["meta"]["fingerprint"] == J.fingerprint(tiny_splits, TINY)
     said.clear()
     again = J.get_judge("fashion-mnist", 16, splits=tiny_splits, recipe=TINY,
                         directory=tmp_path, progress=said.append)
@@ -64,21 +64,31 @@ def test_judges_are_cached_with_the_data_fingerprint(tiny_splits, tmp_path):
     labels[0] = (labels[0] + 1) % 10
     changed = J.JudgeData(TensorImageDataset(tiny_splits.train.images, labels),
                           tiny_splits.test, tiny_splits.classes, "changed")
-    assert J.fingerprint(changed) != J.fingerprint(tiny_splits)
+    assert J.fingerprint(changed, TINY) != J.fingerprint(tiny_splits, TINY)
     J.get_judge("fashion-mnist", 16, splits=changed, recipe=TINY, directory=tmp_path,
                 progress=said.append)
     assert any("training" in s for s in said)
     assert [p.name for p in tmp_path.glob("*.pt")] == [
-        f"fashion-mnist-16px-v{J.JUDGE_VERSION}-{J.fingerprint(changed)[:16]}.pt"]
+        f"fashion-mnist-16px-v{J.JUDGE_VERSION}-{J.fingerprint(changed, TINY)[:16]}.pt"]
+    # A changed recipe (one more epoch) is another judge too: the cache is not reused.
+    longer = J.Recipe(epochs=TINY.epochs + 1, batch_size=TINY.batch_size, lr=TINY.lr,
+                      width=TINY.width, augment=TINY.augment)
+    assert J.fingerprint(changed, longer) != J.fingerprint(changed, TINY)
+    said.clear()
+    J.get_judge("fashion-mnist", 16, splits=changed, recipe=longer, directory=tmp_path,
+                progress=said.append)
+    assert any("training" in s for s in said)
+    assert [p.name for p in tmp_path.glob("*.pt")] == [
+        f"fashion-mnist-16px-v{J.JUDGE_VERSION}-{J.fingerprint(changed, longer)[:16]}.pt"]
 
 
 def test_a_corrupt_cache_is_retrained_not_trusted(tiny_splits, tmp_path):
-    path = tmp_path / f"fashion-mnist-16px-v{J.JUDGE_VERSION}-{J.fingerprint(tiny_splits)[:16]}.pt"
+    path = tmp_path / f"fashion-mnist-16px-v{J.JUDGE_VERSION}-{J.fingerprint(tiny_splits, TINY)[:16]}.pt"
     path.write_bytes(b"not a torch file")
     judge = J.get_judge("fashion-mnist", 16, splits=tiny_splits, recipe=TINY,
                         directory=tmp_path, progress=None)
     assert judge.test_accuracy > 0.5
-    assert torch.load(path, weights_only=True)["meta"]["fingerprint"] == J.fingerprint(tiny_splits)
+    assert torch.load(path, weights_only=True)["meta"]["fingerprint"] == J.fingerprint(tiny_splits, TINY)
 
 
 def test_no_flower_quality_on_the_generated_fixture(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ Fashion-MNIST when no MNIST exists, see :mod:`labutils.data.mnist`), flowers at 
   the judge's accuracy and the real images that generated ones are compared with.
 - Cached as ``<project>/data/judges/<data>-<size>px-v<version>-<fingerprint>.pt`` (or under
   ``LABUTILS_JUDGE_DIR``), the fingerprint being a SHA-256 of the judge's train and test images
-  and labels: new data trains a new judge. Written atomically, loaded with ``weights_only=True``.
+  and labels and of its recipe (epochs, batch, lr, width, augmentation): new data or a changed
+  recipe trains a new judge (bump ``JUDGE_VERSION`` when the network's code changes). Written atomically, loaded with ``weights_only=True``.
 - The flowers judge refuses to exist on the generated fixture (coloured shapes of the ``ci``
   profile): there is no flower quality to report without the photos.
 """
@@ -88,6 +89,11 @@ class Recipe:
     lr: float = 2e-3
     width: int = 16
     augment: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+    def key(self) -> str:
+        """What a cached judge depends on besides its data: a changed recipe trains anew."""
+        aug = getattr(self.augment, "__qualname__", type(self.augment).__name__)
+        return f"e{self.epochs}-b{self.batch_size}-lr{self.lr!r}-w{self.width}-{aug}"
 
 
 def _shift(x: torch.Tensor) -> torch.Tensor:
@@ -202,9 +208,12 @@ class Judge:
                 f"(trained on {m['n_train']}, {m['epochs']} epochs, {m['seconds']:.0f} s)")
 
 
-def fingerprint(data: JudgeData) -> str:
-    """SHA-256 of the splits as 8-bit pixels and labels (what the judge actually sees)."""
+def fingerprint(data: JudgeData, recipe: Optional[Recipe] = None) -> str:
+    """SHA-256 of the splits as 8-bit pixels and labels (what the judge actually sees) and of
+    the recipe that trains it (:meth:`Recipe.key`)."""
     h = hashlib.sha256(f"v{JUDGE_VERSION}".encode())
+    if recipe is not None:
+        h.update(recipe.key().encode())
     for part in (data.train, data.test):
         pixels = ((part.images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         h.update(str(tuple(pixels.shape)).encode())
@@ -288,7 +297,7 @@ def get_judge(data_key: str, img_size: int, data_dir=None, *, directory=None,
             source=f"{splits.source}, {max_train}-image training subset (ci)")
     if splits.train.images.shape[-1] != img_size:
         raise ValueError(f"judge data is {splits.train.images.shape[-1]}px, asked for {img_size}")
-    fp = fingerprint(splits)
+    fp = fingerprint(splits, recipe)
     folder = Path(directory) if directory is not None else cache_dir()
     stem = f"{data_key}-{img_size}px-v{JUDGE_VERSION}" + (f"-sub{max_train}" if max_train else "")
     path = folder / f"{stem}-{fp[:16]}.pt"
