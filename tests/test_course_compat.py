@@ -681,5 +681,7 @@ def test_profiles_keep_the_course_learning_rates():
         full = lab_settings(lab, "full")
         for profile in PROFILES:
             s = lab_settings(lab, profile)
-            assert (s.lr, s.T, s.img_size, s.img_ch) == (full.lr, full.T, full.img_size, full.img_ch), \
-                (lab, profile)
+            assert (s.T, s.img_size, s.img_ch) == (full.T, full.img_size, full.img_ch), (lab, profile)
+            # Only a laptop-width model (quick, flowers labs; docs/profiles.md) may take another lr.
+            if s.model == full.model:
+                assert s.lr == full.lr, (lab, profile)
