@@ -55,6 +55,23 @@ def _lines(stream):
     return lines
 
 
+def _read_start_up(proc, errors=None):
+    """``labutils lab``'s output up to its "Stop with Ctrl-C" line (fails if it exits first),
+    and the queue of the lines still to come."""
+    lines, out = _lines(proc.stdout), []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not any("Stop with Ctrl-C" in line for line in out):
+        assert time.monotonic() < deadline, "no start-up message:\n" + "".join(out)
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        assert line is not None, ("labutils lab exited early:\n" + "".join(out) +
+                                  (errors.read_text() if errors else ""))
+        out.append(line)
+    return "".join(out), lines
+
+
 @pytest.mark.parametrize("stop_signal, name", [(signal.SIGINT, "SIGINT"),
                                                (signal.SIGTERM, "SIGTERM")],
                          ids=["SIGINT", "SIGTERM"])
@@ -72,18 +89,7 @@ def test_lab_starts_prints_the_tunnel_and_stops_on_a_signal(tmp_path, stop_signa
                                  str(tmp_path)], env=env, stdout=subprocess.PIPE,
                                 stderr=err_file, text=True)
     try:
-        lines, out = _lines(proc.stdout), []
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not any("Stop with Ctrl-C" in line for line in out):
-            assert time.monotonic() < deadline, "no start-up message:\n" + "".join(out)
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            assert line is not None, ("labutils lab exited early:\n" + "".join(out) +
-                                      errors.read_text())
-            out.append(line)
-        text = "".join(out)
+        text, lines = _read_start_up(proc, errors)
         tunnel = re.search(r"ssh -N -L (\d+):127\.0\.0\.1:(\d+) -J alice@login2 alice@gpu17\n",
                            text)
         assert tunnel, text
@@ -182,17 +188,7 @@ def _start_lab(tmp_path, home, job_id):
     proc = subprocess.Popen([sys.executable, "-m", "labutils", "lab", "--notebooks",
                              str(tmp_path)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    lines, out = _lines(proc.stdout), []
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not any("Stop with Ctrl-C" in line for line in out):
-        assert time.monotonic() < deadline, "no start-up message:\n" + "".join(out)
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        assert line is not None, "labutils lab exited early:\n" + "".join(out)
-        out.append(line)
-    text = "".join(out)
+    text, _ = _read_start_up(proc)
     return proc, text, int(re.search(r"\(pid (\d+)\)", text).group(1))
 
 
