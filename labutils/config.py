@@ -92,9 +92,10 @@ _SHRINK = {
                             sample_steps=50, compile=False),
         "flowers-clip": dict(model="laptop", epochs=13, batch_size=32, lr=1e-3, sample_every=4,
                              sample_steps=50, compile=False),
-        # The assessment on a CPU: ~300 steps, 50-step sampling (the grader's 50 images and a
-        # 7 x 10 grid take seconds); `full` (5 epochs, all T steps) is what passes the bar.
-        "mnist-assessment": dict(epochs=1, steps_per_epoch=300, batch_size=64, sample_steps=50),
+        # The assessment on a CPU shows the mechanics: 150 steps of 64 at 28 px (~1 s a step
+        # in fp32 on 2 cores) and 50-step sampling; `full` (5 epochs, all T steps) is what
+        # passes the bar, so minutes more here would not change the verdict.
+        "mnist-assessment": dict(epochs=1, steps_per_epoch=150, batch_size=64, sample_steps=50),
     },
     "ci": {
         "fmnist-unet": dict(epochs=1, steps_per_epoch=4, max_images=1024, preview_every=2),
