@@ -334,21 +334,30 @@ def test_notebook_runs_in_jupyterlab(lab, page, run_dir, notebook):
     page.goto(f"{lab.base_url}/lab/workspaces/{notebook.stem}/tree/{name}?token={lab.token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     try:
-        _run_all(page, RUN_ALL_TIMEOUT_S)
-        page.screenshot(path=str(shots / f"{notebook.stem}-ran.png"), full_page=True)
-        saved = _save_and_read(page, lab, name)
-        assert not _errors(saved), f"{name} has error outputs: {_errors(saved)}"
-        assert not _widget_errors(page), \
-            f"widgets failed to render in {name}: {_widget_errors(page)} (see {shots})"
-        if name.startswith("02"):
-            _check_t_slider(page, shots / notebook.stem)
-        if name.startswith(("04", "05")):
-            _check_explorer(page, shots / notebook.stem, prompt=name.startswith("05"))
-        assert not _widget_errors(page), f"after the interactions: {_widget_errors(page)}"
+        run_all_and_check(page, lab, name, shots)
     finally:
         page.screenshot(path=str(shots / f"{notebook.stem}-end.png"))
         for session in _api(lab, "GET", "/api/sessions"):   # free the kernel's memory
             _api(lab, "DELETE", f"/api/sessions/{session['id']}")
+
+
+def run_all_and_check(page, server, name: str, shots: Path) -> None:
+    """The notebook ``name``, open in ``page``: Run > Run All Cells, save, and read the saved
+    file back from ``server`` (its ``base_url`` and ``token``): no error output, no widget that
+    failed to render; then lab 02's t-slider and labs 04/05's explorers must answer. Screenshots
+    go to ``shots``. (tests/test_slurm_lab.py runs notebook 02 this way through an SSH tunnel.)"""
+    stem = Path(name).stem
+    _run_all(page, RUN_ALL_TIMEOUT_S)
+    page.screenshot(path=str(shots / f"{stem}-ran.png"), full_page=True)
+    saved = _save_and_read(page, server, name)
+    assert not _errors(saved), f"{name} has error outputs: {_errors(saved)}"
+    assert not _widget_errors(page), \
+        f"widgets failed to render in {name}: {_widget_errors(page)} (see {shots})"
+    if name.startswith("02"):
+        _check_t_slider(page, shots / stem)
+    if name.startswith(("04", "05")):
+        _check_explorer(page, shots / stem, prompt=name.startswith("05"))
+    assert not _widget_errors(page), f"after the interactions: {_widget_errors(page)}"
 
 
 def _check_t_slider(page, prefix: Path) -> None:

@@ -7,10 +7,8 @@ one node, 2 CPUs), and stops all of it at the end. Nothing is faked: the time li
 the requeue and srun's ranks are Slurm's own; a test may only release a requeued job early
 with ``scontrol update StartTime=now`` (Slurm holds it back about 2 minutes otherwise).
 
-The lab test runs ``slurm/lab.sbatch`` twice on the node: each job's output names the node, its
-own port and the tunnel command, the token stays in a mode-600 file, the token reaches that
-server's API on that port, and ``scancel`` ends JupyterLab and its kernel and removes the file.
-(The ssh tunnel itself is not exercised here yet: sshd is installed but not started.)
+``slurm/lab.sbatch`` and its SSH tunnel are tested in tests/test_slurm_lab.py, on a cluster of
+its own started by the same fixture (module-scoped: one module's jobs never meet the other's).
 
 Without root and apt (or where the daemons cannot start) these tests are skipped with that
 advice, except under ``CI=true``, where they fail. Only these: ``pytest -m slurm``.
@@ -245,8 +243,9 @@ class Job:
         self.cluster.run("scancel", *options, self.id)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """A cluster for this module (tests/test_slurm_lab.py imports this fixture: another one)."""
     _install()
     if os.geteuid() != 0:
         _unavailable("the Slurm tests start slurmd and sshd: run them as root (a container, CI)")
@@ -394,77 +393,3 @@ def test_srun_ranks_train_together_requeue_and_resume(cluster, tmp_path):
     assert "2 process(es) on cpu" in log
     assert [r["step"] for r in _losses(run)] == list(range(1, summary["total_steps"] + 1))
 
-
-# --- JupyterLab as a batch job --------------------------------------------------------------------
-
-def _descendants(pid: int) -> set:
-    """``pid`` and every process below it (from /proc)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        todo += children.get(p, [])
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def test_lab_job_prints_node_port_and_tunnel_keeps_the_token_private_and_scancel_cleans_up(
-        cluster, tmp_path):
-    import urllib.request
-    (tmp_path / "hello.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, '
-                                          '"nbformat_minor": 5}')
-    jobs = [cluster.sbatch("lab.sbatch", "--cpus-per-task=1", "--time=10",
-                           env={"NOTEBOOKS": tmp_path}) for _ in range(2)]
-    servers = []
-    try:
-        for job in jobs:
-            log = job.wait_log("Stop with Ctrl-C", 180)
-            port = int(re.search(rf"running on {cluster.host} \(pid \d+\), port (\d+),",
-                                 log).group(1))
-            assert f"ssh -N -L {port}:127.0.0.1:{port} root@{cluster.host}" in log, log
-            saved = Path.home() / f".labutils-lab-{job.id}.url"
-            assert saved.stat().st_mode & 0o777 == 0o600
-            token = re.fullmatch(rf"http://127\.0\.0\.1:{port}/lab\?token=([0-9a-f]{{48}})\n",
-                                 saved.read_text()).group(1)
-            assert token not in log and "token=<token>" in log
-            servers.append((job, port, token, saved,
-                            int(re.search(r"\(pid (\d+)\)", log).group(1))))
-        assert servers[0][1] != servers[1][1], "two lab jobs on one node share a port"
-        for job, port, token, saved, pid in servers:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents",
-                                             headers={"Authorization": f"token {token}"})
-            with urllib.request.urlopen(request, timeout=30) as response:
-                names = [c["name"] for c in json.loads(response.read())["content"]]
-            assert names == ["hello.ipynb"]
-            start = urllib.request.Request(f"http://127.0.0.1:{port}/api/kernels", data=b"{}",
-                                           method="POST",
-                                           headers={"Authorization": f"token {token}"})
-            with urllib.request.urlopen(start, timeout=60) as response:   # a kernel to stop
-                assert response.status == 201
-        _wait(lambda: all(len(_descendants(s[4])) > 1 for s in servers), 60, "the kernels")
-        for job, port, token, saved, pid in servers:
-            processes = _descendants(pid)
-            job.scancel()
-            job.wait_log("labutils lab: stopped", 60)
-            job.wait_state(("CANCELLED", "COMPLETED"), 60)
-            _wait(lambda: not any(_alive(p) for p in processes), 60,
-                  "JupyterLab and its processes to end")
-            assert not saved.exists()
-    finally:
-        for job in jobs:
-            if job.state in ("RUNNING", "PENDING"):
-                job.scancel("--signal=KILL")
