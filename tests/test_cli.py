@@ -54,6 +54,32 @@ def test_train_checkpoint_then_sample_png_and_gif(tmp_path, capsys):
     assert anim.n_frames > 1
 
 
+def test_sample_prompts_and_gif_draw_lab05s_closing_picture(tmp_path, capsys):
+    """`sample RUN --prompts ... --gif` on a flowers-clip run: the grid notebook 05 ends on
+    (rows w, columns prompts; the same pixels as the notebook's lab.sample of load_run's model)."""
+    from labutils import lab_settings, load_run, make_grid
+    from labutils.config import seeded
+    from labutils.labs import Lab
+    run = tmp_path / "run"
+    assert main(["train", "flowers-clip", "--profile", "ci", "--out", str(run), "--quiet",
+                 "--epochs", "1", "--sample-every", "0", "--checkpoint-every", "0"]) == 0
+    prompts = ["A red rose bud", "A round white flower"]
+    png, gif = tmp_path / "s.png", tmp_path / "s.gif"
+    assert main(["sample", str(run), "--prompts", *prompts, "--w", "0", "2", "--steps", "2",
+                 "--out", str(png), "--gif", str(gif)]) == 0
+    out = capsys.readouterr().out
+    assert "columns: A red rose bud, A round white flower" in out and "rows: w=0, w=2" in out
+    assert Image.open(gif).n_frames > 1
+
+    settings = lab_settings("flowers-clip", "ci")
+    model = load_run(run, settings, "cpu", encoder=Lab(settings, "cpu").encoder())
+    with seeded(0, "cpu"):
+        mine = Lab(settings, "cpu").sample(model, prompts=prompts, weights=[0, 2], steps=2)
+    drawn = make_grid(mine.images, mine.ncols, scale=2)     # 32 px cells drawn 2x: about 64 px
+    assert drawn.size == Image.open(png).size == ((2 * 33 + 1) * 2, (2 * 33 + 1) * 2)
+    assert list(drawn.convert("RGB").getdata()) == list(Image.open(png).convert("RGB").getdata())
+
+
 def test_sample_skips_a_truncated_newest_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     assert fast_train("fmnist-ddpm", run, "--epochs", "1", "--checkpoint-every", "2") == 0
