@@ -32,3 +32,5 @@ from .plotting import (make_grid, plot_generated_images, plot_grid, plot_image_g
 from .training import NonFiniteLossError, TrainResult, train
 from .labs import REGISTRY, LabSpec, get_spec
 from .checks import check, check_same, check_training_loop, check_true
+# A run trained as a batch job, opened in a notebook (labs 04-05); it lives with the job tools.
+from .tools.trained_run import load_run

@@ -100,6 +100,7 @@ class LabSpec:
     loss: str = "ddpm"                   # a key of LOSSES
     picture: str = "unguided"            # a key of PICTURES
     prompts: Tuple[str, ...] = ()        # default prompts (clip-text)
+    prompt_classes: Tuple[str, ...] = ()  # the class each of ``prompts`` names (what eval judges)
     find_unused_parameters: bool = False  # DDP must know about parameters forward skips
     # The same design at a width a 2-core CPU trains in minutes, for profiles whose settings say
     # ``model="laptop"`` (config.py); None: the lab has no such variant.
@@ -172,6 +173,7 @@ REGISTRY: Dict[str, LabSpec] = {spec.name: spec for spec in (
             conditioning="clip-text", loss="guided", picture="guided",
             prompts=("A round white flower", "A round orange sunflower with a big brown center",
                      "A red rose bud"),
+            prompt_classes=("daisy", "sunflowers", "roses"),
             laptop_model_args=dict(_FLOWERS_LAPTOP_UNET, c_embed_dim=512),
             laptop_params=2_663_043),
     LabSpec("mnist-assessment", "Assessment: conditional MNIST at 28x28", None,

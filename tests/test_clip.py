@@ -196,6 +196,7 @@ def test_standin_is_trained_once_then_cached(monkeypatch, tmp_path, flowers_dir,
     info = second.info
     assert info["standin"] and 0.0 <= info["zero_shot_accuracy"] <= 1.0
     assert info["heldout_images"] >= 1 and info["train_seconds"] >= 0
+    assert info["image_norm"] > 0 and info["text_norm"] > 0
     assert len(list((tmp_path / "clip").glob("*.tmp"))) == 0
 
 
@@ -209,6 +210,47 @@ def test_heldout_split_is_disjoint_and_stable():
     small = ["/x/a/1.jpg", "/x/a/2.jpg", "/x/b/3.jpg", "/x/c/4.jpg", "/x/c/5.jpg"]
     train, held = standin_mod.split_paths(small, 0.0, labels=[0, 0, 1, 2, 2])
     assert held == [0, 3] and train == [1, 2, 4]
+
+
+def test_captions_use_the_words_people_use_for_each_class():
+    from labutils.clip.captions import captions_for
+    yellow = {"flower": "yellow", "center": "yellow", "background": ""}
+    daisy, sunflower, rose = (" | ".join(captions_for(c, yellow))
+                              for c in ("daisy", "sunflowers", "roses"))
+    assert "a round white flower" in daisy and "yellow center" in daisy
+    assert "a round orange sunflower with a big brown center" in sunflower
+    assert "a yellow rose bud" in rose and "a rose bud" in rose
+    # Each class's words are its own: no bud on a daisy, no big brown center on a rose.
+    assert "bud" not in daisy + sunflower and "brown center" not in daisy + rose
+    # A measured centre is not said where the class has a known one (it often misses).
+    assert "white center" not in " ".join(captions_for("daisy", {"flower": "yellow",
+                                                                 "center": "white"}))
+    assert len(set(captions_for("roses", yellow))) == len(captions_for("roses", yellow))
+
+
+def test_norm_term_holds_both_towers_at_one_scale(trained):
+    """The contrastive part ignores feature norms; the norm term is what changes when the image
+    tower's output is scaled (so training keeps image and text features at one scale)."""
+    model, _, data = trained
+    assert float(standin_mod.norm_penalty(torch.full((4, 512), 10.0 / 512 ** 0.5))) < 1e-10
+    assert float(standin_mod.norm_penalty(torch.full((4, 512), 30.0 / 512 ** 0.5))) > 1.0
+    x = standin_mod.to_clip_input(data.images[:4])
+    tokens = standin_mod.clip.tokenize(["a rose", "a daisy"])
+    ids = torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        img = model.encode_image(x).float()
+        txt = model.encode_text(tokens).float()
+        base = standin_mod.contrastive_loss(model, x, tokens, ids)
+        proj = model.visual.attnpool.c_proj
+        proj.weight.mul_(3.0), proj.bias.mul_(3.0)
+        try:
+            scaled = standin_mod.contrastive_loss(model, x, tokens, ids)
+        finally:
+            proj.weight.div_(3.0), proj.bias.div_(3.0)
+    gained = standin_mod.NORM_WEIGHT * (standin_mod.norm_penalty(3 * img, txt)
+                                        - standin_mod.norm_penalty(img, txt))
+    assert float(gained) != 0
+    assert float(scaled - base) == pytest.approx(float(gained), rel=1e-3, abs=1e-4)
 
 
 # --- the CSV cache -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Judges, metrics, `evaluate` and `labutils eval`, on tiny data (seconds, not the real judges)."""
+import dataclasses
 import gzip
 import json
 import struct
@@ -12,10 +13,11 @@ from labutils.config import ConfigError, lab_settings
 from labutils.data import TensorImageDataset, load_fashion_mnist_tensors
 from labutils.evaluation import judges as J
 from labutils.evaluation.evaluate import (class_prompts, evaluate, evaluate_denoiser,
-                                          format_denoiser_report, format_report, heldout_floor)
+                                          format_denoiser_report, format_report, heldout_floor,
+                                          judged_prompts)
 from labutils.evaluation.metrics import (best_weight, class_histogram, conditional_accuracy,
                                          frechet_distance, histogram_entropy, real_floor)
-from labutils.labs import Lab
+from labutils.labs import Lab, get_spec
 from labutils.tools.cli import main
 
 TINY = J.Recipe(epochs=4, batch_size=64, lr=3e-3, width=8, augment=lambda x: x)
@@ -268,6 +270,20 @@ def test_evaluate_denoiser_brackets_a_model_between_noised_and_clean(tiny_judge,
 def test_class_prompts_name_one_flower_each():
     assert class_prompts(["daisy", "sunflowers", "roses"]) == [
         "a photo of a daisy", "a photo of a sunflower", "a photo of a rose"]
+
+
+def test_eval_prompts_are_the_labs_own_where_the_registry_says_which_class_each_names():
+    spec = get_spec("flowers-clip")
+    assert judged_prompts(spec) == ["A round white flower",
+                                    "A round orange sunflower with a big brown center",
+                                    "A red rose bud"]
+    # Matched by class, not by position; a class no prompt names gets the plain one.
+    shuffled = dataclasses.replace(spec, prompts=("A red rose bud", "A round white flower"),
+                                   prompt_classes=("roses", "daisy"))
+    assert judged_prompts(shuffled) == ["A round white flower", "a photo of a sunflower",
+                                        "A red rose bud"]
+    assert judged_prompts(dataclasses.replace(spec, prompt_classes=())) == class_prompts(
+        spec.classes)
 
 
 def test_labutils_eval_writes_a_table_and_json_in_the_run_folder(tmp_path, monkeypatch, capsys,

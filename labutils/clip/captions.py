@@ -3,11 +3,18 @@
 The course's prompts describe colours and centres ("A round orange sunflower with a big brown
 center"), so the captions say which colour dominates the flower and which its centre, measured
 in HSV from the image itself. Green (leaves) is left out of the flower colour.
+
+Measured colours alone leave a prompt's other words unlearnt ("round", "bud", "big brown
+center") and mislead where the 24-pixel measure misses (most sunflowers measure "yellow", their
+centres "yellow" too), so each class also gets captions in the words people use for it
+(:data:`CLASS_LOOKS`: what is true of the class, not of one photo). Without them the prompt
+"A round orange sunflower with a big brown center" landed nearer daisies than sunflowers.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -19,6 +26,26 @@ CLASS_NOUNS: Dict[str, tuple] = {
 }
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "brown", "black")
 ZERO_SHOT_TEMPLATE = "a photo of a {}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Looks:
+    """How people describe a kind of flower: its shape word, usual colours (empty: say the
+    measured colour), its centre, and whether it is pictured as a bud."""
+
+    shape: str = ""
+    colours: Tuple[str, ...] = ()
+    centre: str = ""
+    bud: bool = False
+
+
+CLASS_LOOKS: Dict[str, Looks] = {
+    "daisy": Looks("round", ("white",), "a yellow center"),
+    "sunflowers": Looks("round", ("yellow", "orange"), "a big brown center"),
+    "roses": Looks(bud=True),
+    "tulips": Looks("cup-shaped"),
+    "dandelion": Looks("round", ("yellow",)),
+}
 
 
 def class_noun(cls: str, plural: bool = False) -> str:
@@ -96,12 +123,37 @@ def captions_for(cls: str, attrs: Dict[str, str]) -> List[str]:
     caps = [ZERO_SHOT_TEMPLATE.format(noun), f"a {noun}", f"{nouns}", f"a picture of {nouns}"]
     if colour:
         caps += [f"a {colour} {noun}", f"a photo of a {colour} {noun}", f"a {colour} flower"]
-        if centre and centre != colour:
+        # A class with a known centre says that one (the middle ninth often misses it).
+        if centre and centre != colour and not CLASS_LOOKS.get(cls, Looks()).centre:
             caps += [f"a {colour} {noun} with a {centre} center",
                      f"a {colour} flower with a {centre} center"]
     if bg:
         leaves = "green leaves" if bg == "green" else "a blue sky"
         caps += [f"a {noun} in front of {leaves}"]
+    return list(dict.fromkeys(caps + described(cls, colour)))     # each caption once
+
+
+def described(cls: str, measured: str = "") -> List[str]:
+    """Captions in the words people use for the class (:data:`CLASS_LOOKS`), in its usual
+    colours (or the measured one where the class has no usual colour)."""
+    looks = CLASS_LOOKS.get(cls)
+    if looks is None:
+        return []
+    noun = class_noun(cls)
+    colours = looks.colours or ((measured,) if measured else ())
+    caps = []
+    for colour in colours:
+        shaped = f"{looks.shape} {colour}".strip()
+        caps += [f"a {shaped} flower", f"a {shaped} {noun}"]
+        if looks.centre:
+            caps += [f"a {shaped} flower with {looks.centre}",
+                     f"a {shaped} {noun} with {looks.centre}"]
+        if looks.bud:
+            caps += [f"a {colour} {noun} bud", f"a {colour} flower bud"]
+    if looks.bud:
+        caps += [f"a {noun} bud"]
+    if looks.centre:
+        caps += [f"a {noun} with {looks.centre}"]
     return caps
 
 

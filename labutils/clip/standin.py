@@ -54,7 +54,8 @@ class StandinConfig:
     weight_decay: float = 0.05
     heldout_fraction: float = 0.15
     seed: int = 0
-    version: int = 1                # bump when the training code changes what it makes
+    version: int = 2                # bump when the training code changes what it makes
+    #                                 (2: class-description captions, feature-norm term)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -126,19 +127,35 @@ def to_clip_input(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2 - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
+# Lab 05 trains its U-Net on image features and samples from text features, both unnormalised
+# as the course feeds real CLIP's. Real CLIP's two towers come out at norms of the same order;
+# the contrastive loss alone is blind to norms, and left free the stand-in's image features
+# grew three times longer than its text features (81 vs 27): a prompt then reached the U-Net
+# like a third of a context. This term holds both towers near one norm.
+FEATURE_NORM = 10.0
+NORM_WEIGHT = 1.0
+
+
+def norm_penalty(*features: torch.Tensor, target: float = FEATURE_NORM) -> torch.Tensor:
+    """Mean squared log-ratio of each feature vector's norm to ``target`` (0 when all equal it)."""
+    return torch.stack([(f.norm(dim=-1) / target).log().pow(2).mean() for f in features]).mean()
+
+
 def contrastive_loss(model: CLIP, images: torch.Tensor, tokens: torch.Tensor,
                      caption_ids: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric loss where texts are the batch's *distinct* captions.
+    """CLIP's symmetric loss where texts are the batch's *distinct* captions, plus
+    :func:`norm_penalty` on both towers' raw features.
 
     Images sharing a caption are all positives of it (plain CLIP would call them negatives).
     """
-    img = normalise(model.encode_image(images).float())
-    txt = normalise(model.encode_text(tokens).float())
+    img_raw = model.encode_image(images).float()
+    txt_raw = model.encode_text(tokens).float()
+    img, txt = normalise(img_raw), normalise(txt_raw)
     logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T      # [n_images, n_texts]
     loss_i = F.cross_entropy(logits, caption_ids)
     positives = F.one_hot(caption_ids, len(tokens)).float().T           # [n_texts, n_images]
     loss_t = -(positives / positives.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1)
-    return (loss_i + loss_t.mean()) / 2
+    return (loss_i + loss_t.mean()) / 2 + NORM_WEIGHT * norm_penalty(img_raw, txt_raw)
 
 
 def train_standin_clip(data, config: StandinConfig = STANDIN, device=None,
@@ -226,6 +243,14 @@ def zero_shot_accuracy(encoder: ClipEncoder, paths: Sequence[str], labels, class
     return float((pred == labels).float().mean()), pred
 
 
+def feature_norms(encoder: ClipEncoder, paths: Sequence[str], prompts: Sequence[str]
+                  ) -> Dict[str, float]:
+    """Mean raw feature norm of ``paths``' images and of ``prompts`` (comparable: see
+    :data:`FEATURE_NORM`)."""
+    return {"image_norm": round(float(encoder.encode_images(list(paths)).norm(dim=-1).mean()), 2),
+            "text_norm": round(float(encoder.encode_text(list(prompts)).norm(dim=-1).mean()), 2)}
+
+
 def heldout_flowers(data_dir=None, fraction: float = STANDIN.heldout_fraction,
                     classes: Sequence[str] = FLOWER_CLASSES):
     """``(paths, labels, classes)`` of the photos no stand-in trains on."""
@@ -282,7 +307,9 @@ def load_standin(device=None, flowers_dir=None, cache_dir=None, profile: Optiona
         acc, _ = zero_shot_accuracy(trained, [data.paths[i] for i in held],
                                     data.labels[held], data.classes)
         meta.update(zero_shot_accuracy=round(acc, 4), heldout_images=len(held),
-                    zero_shot_prompts=zero_shot_prompts(data.classes))
+                    zero_shot_prompts=zero_shot_prompts(data.classes),
+                    **feature_norms(trained, [data.paths[i] for i in held],
+                                    zero_shot_prompts(data.classes)))
     save_checkpoint(model, path, meta)
     encoder = load_checkpoint(path, device)
     print(f"Stand-in CLIP trained in {report['train_seconds']:.0f} s; zero-shot accuracy on "

@@ -4,7 +4,9 @@ Everything lab-specific comes from the registry (:mod:`labutils.labs`): the data
 judge, the conditioning picks what is measured:
 - ``classes``:   for each guidance weight w, ``n`` samples spread evenly over the classes:
                  conditional accuracy (per class, overall), Frechet distance; the best w named;
-- ``clip-text``: the same, the context being the class prompts ("a photo of a daisy", ...);
+- ``clip-text``: the same, the context being one prompt per class: the lab's own prompt that
+                 names it (``spec.prompt_classes``, e.g. lab 05's "A red rose bud" for roses),
+                 else "a photo of a <class>";
 - ``none``:      ``n`` unguided samples: Frechet distance and the judge's class histogram.
 Frechet distances come with the sample count and the real-vs-real floor at that count.
 Lab 01's denoiser has no T and generates nothing: :func:`evaluate_denoiser` scores it on noised
@@ -35,6 +37,13 @@ def _singular(name: str) -> str:
 def class_prompts(classes: Sequence[str]) -> List[str]:
     """The prompts that stand for classes in text-conditioned labs: "a photo of a daisy", ..."""
     return [f"a photo of a {_singular(c)}" for c in classes]
+
+
+def judged_prompts(spec) -> List[str]:
+    """One prompt per class of a text-conditioned lab, in class order: the lab's prompt that
+    names the class (its registry data ``prompt_classes``), else :func:`class_prompts`'s."""
+    named = dict(zip(spec.prompt_classes, spec.prompts))
+    return [named.get(c, plain) for c, plain in zip(spec.classes, class_prompts(spec.classes))]
 
 
 def judge_for(lab, progress=print) -> Judge:
@@ -129,7 +138,7 @@ def evaluate(lab, model, *, n: int = 100, weights: Optional[Sequence[float]] = N
     classes = list(spec.classes)
     requested = torch.arange(n) % len(classes)
     if spec.conditioning == "clip-text":
-        prompts = class_prompts(classes)
+        prompts = judged_prompts(spec)
         rows, _ = lab.context(prompts=prompts)
         report["prompts"] = prompts
         encoder = lab.encoder()
