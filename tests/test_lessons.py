@@ -19,7 +19,7 @@ from labutils.tools.exercises import find_regions, learner_markdown, learner_not
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 FIGURES = NOTEBOOKS / "figures"
-# The notebooks that follow the lesson rules; labs 04 and 05 join by adding them here.
+# The notebooks that follow the lesson rules: all five labs.
 LESSONS = ("01", "02", "03", "04", "05")
 DIAGRAMS = ("unet_skips.png", "forward_reverse.png", "time_embedding.png",
             "groupnorm_vs_batchnorm.png", "bernoulli_mask.png", "guided_step.png")
