@@ -366,17 +366,16 @@ def test_usr1_to_the_batch_shell_requeues_then_scancel_stops_for_good(cluster, t
     assert log.count("requeueing") == 1
 
 
-def test_srun_ranks_train_together_requeue_and_resume(cluster, tmp_path):
-    run = tmp_path / "run"
-    job = cluster.sbatch("train-srun.sbatch", "--ntasks=2", "--cpus-per-task=1", "--time=10",
-                         env={"LAB": "fmnist-ddpm", "PROFILE": "ci", "OUT": run,
-                              "ARGS": _args(40)})
+def _two_ranks_requeue_resume_and_finish(job: Job, run: Path, why: str) -> str:
+    """USR1 to the batch shell of a job of two training processes: both checkpoint, the script
+    requeues the job (its log matches ``why`` first), which is released, resumes and completes
+    with both ranks' weights equal. Returns the job's output."""
     try:
-        _wait_training(run, job)
-        job.scancel("--signal=USR1", "--batch")   # srun passes it on to both tasks
+        _wait_training(run, job, timeout=180)
+        job.scancel("--signal=USR1", "--batch")   # the script (or srun) passes it on
         log = job.wait_log(f"requeueing {job.id}", 120)
         assert log.count("SIGUSR1 received") == 2, log       # each rank
-        assert f"srun exited with {EXIT_REQUEUE}" in log
+        assert re.search(why, log), log
         stopped = _stopped_at(log)
         job.release()
         info = job.wait_state(("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 300)
@@ -390,6 +389,28 @@ def test_srun_ranks_train_together_requeue_and_resume(cluster, tmp_path):
     assert summary["step"] == summary["total_steps"]
     digests = summary["param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
-    assert "2 process(es) on cpu" in log
     assert [r["step"] for r in _losses(run)] == list(range(1, summary["total_steps"] + 1))
+    return log
 
+
+def test_srun_ranks_train_together_requeue_and_resume(cluster, tmp_path):
+    run = tmp_path / "run"
+    job = cluster.sbatch("train-srun.sbatch", "--ntasks=2", "--cpus-per-task=1", "--time=10",
+                         env={"LAB": "fmnist-ddpm", "PROFILE": "ci", "OUT": run,
+                              "ARGS": _args(40)})
+    log = _two_ranks_requeue_resume_and_finish(job, run, f"srun exited with {EXIT_REQUEUE}")
+    assert "2 process(es) on cpu" in log
+
+
+def test_torchrun_requeues_on_the_workers_outcome_and_resumes(cluster, tmp_path):
+    """torchrun exits with a code of its own, not the workers' 75: the script reads rank 0's
+    outcome file and requeues on that."""
+    run = tmp_path / "run"
+    job = cluster.sbatch("train-torchrun.sbatch", "--cpus-per-task=2", "--time=10",
+                         env={"LAB": "fmnist-ddpm", "PROFILE": "ci", "OUT": run, "NPROC": "2",
+                              "ARGS": _args(40)})
+    log = _two_ranks_requeue_resume_and_finish(
+        job, run, rf"torchrun exited with \d+, the workers with {EXIT_REQUEUE}\n")
+    assert "torchrun exited with 0, the workers with 0" in log
+    assert "2 process(es) on cpu" in log
+    assert not list(run.glob("exit-code-*")), "the outcome file should be removed"
