@@ -360,7 +360,9 @@ def test_usr1_to_the_batch_shell_requeues_then_scancel_stops_for_good(cluster, t
     assert second > first
     assert "SIGTERM received" in log and log.rstrip().endswith("labutils train exited with 143")
     # Slurm's TERM and the script's forwarded one are one request: the checkpoint is saved.
-    assert "SIGTERM again within 5 s: the same request" in log
+    # (Python runs its handler once for two TERMs that land before it gets to run: then the
+    # "again within 5 s" line is missing, seen under load; the checkpoint is what matters.)
+    assert log.count("SIGTERM received") == 1 and "stopped at once" not in log, log
     assert CheckpointDir(run / "checkpoints").latest()[1]["step"] == second
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "1", info
     assert log.count("requeueing") == 1

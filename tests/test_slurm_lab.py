@@ -297,10 +297,13 @@ def test_the_printed_tunnel_reaches_jupyterlab_runs_notebook_02_and_scancel_clea
                JUPYTERLAB_WORKSPACES_DIR=tmp_path / "workspaces")
     folders = [_served(tmp_path / "one", NOTEBOOK, ROOT / "notebooks" / "figures"),
                _served(tmp_path / "two", hello)]
+    # A limit beyond the browser test's Run All timeout (15 min): a stuck notebook fails with
+    # its own message and screenshot (shots/end.png), not with a lost server.
+    limit = "--time=20"
     submitted = time.monotonic()
-    jobs = [cluster.sbatch("lab.sbatch", "--cpus-per-task=1", "--time=10",
+    jobs = [cluster.sbatch("lab.sbatch", "--cpus-per-task=1", limit,
                            env=dict(env, NOTEBOOKS=folders[0], LABUTILS_LOGIN_HOST=LOGIN)),
-            cluster.sbatch("lab.sbatch", "--cpus-per-task=1", "--time=10",
+            cluster.sbatch("lab.sbatch", "--cpus-per-task=1", limit,
                            env=dict(env, NOTEBOOKS=folders[1]))]
     times = {}
     try:
@@ -337,6 +340,7 @@ def test_the_printed_tunnel_reaches_jupyterlab_runs_notebook_02_and_scancel_clea
         assert laptop.get(api[1], one.token)[0] == 403
 
         started = time.monotonic()
+        (tmp_path / "shots").mkdir()
         page = browser_on_the_laptop.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
@@ -346,9 +350,9 @@ def test_the_printed_tunnel_reaches_jupyterlab_runs_notebook_02_and_scancel_clea
             page.wait_for_selector(".jp-Notebook .jp-Cell")
             # The saved notebook is read back from the server on the node (its own 127.0.0.1).
             node_side = SimpleNamespace(base_url=f"http://127.0.0.1:{one.port}", token=one.token)
-            (tmp_path / "shots").mkdir()
             run_all_and_check(page, node_side, NOTEBOOK.name, tmp_path / "shots")
         finally:
+            page.screenshot(path=str(tmp_path / "shots" / "end.png"), full_page=True)
             page.close()
         times["notebook 02 in Chromium through the tunnel"] = time.monotonic() - started
 
