@@ -98,9 +98,11 @@ def run_dir():
 
 def _write_settings(folder: Path) -> None:
     """JupyterLab user settings for the test: render every cell (no windowing, so the whole
-    notebook is in the page), and no news or update checks (offline)."""
+    notebook is in the page), no news or update checks (offline), and no autosave: an autosave
+    (every 120 s) that overlaps the test's Ctrl+S makes JupyterLab ask "File Changed" (seen)."""
     settings = {
         "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+        "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
         "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
                                                         "checkForUpdates": False},
     }
