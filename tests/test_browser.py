@@ -175,18 +175,29 @@ ALL_RAN_JS = """() => {
 }"""
 
 
-def _accept_kernel_choice(page) -> None:
-    """JupyterLab may ask which kernel to start; a person takes the proposed one (python3)."""
-    try:
-        page.get_by_text("Select Kernel", exact=True).wait_for(timeout=5_000)
-    except Exception:  # no question asked
-        return
-    page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True).click()
+KERNEL_START_TIMEOUT_S = 180
 
 
-def _run_all(page, timeout: float) -> None:
+def _wait_for_kernel(page, server, name: str, timeout: float = KERNEL_START_TIMEOUT_S) -> None:
+    """Wait until the server reports the notebook's kernel idle before running anything, as a
+    person waits for the kernel indicator. JupyterLab may ask which kernel to start (a person
+    takes the proposed one, python3), and on a busy machine it may ask late: cells run before a
+    kernel is up stay queued for good."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if page.get_by_text("Select Kernel", exact=True).count():
+            page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True).click()
+        states = [s["kernel"]["execution_state"] for s in _api(server, "GET", "/api/sessions")
+                  if s.get("path", "").endswith(name) and s.get("kernel")]
+        if "idle" in states:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name}: its kernel was not idle after {timeout:.0f} s")
+
+
+def _run_all(page, server, name: str, timeout: float) -> None:
     """Run > Run All Cells, as a person would, then wait until no cell is queued or running."""
-    _accept_kernel_choice(page)
+    _wait_for_kernel(page, server, name)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     page.wait_for_function(ALL_RAN_JS, timeout=timeout * 1000, polling=1000)
@@ -349,7 +360,7 @@ def run_all_and_check(page, server, name: str, shots: Path) -> None:
     failed to render; then lab 02's t-slider and labs 04/05's explorers must answer. Screenshots
     go to ``shots``. (tests/test_slurm_lab.py runs notebook 02 this way through an SSH tunnel.)"""
     stem = Path(name).stem
-    _run_all(page, RUN_ALL_TIMEOUT_S)
+    _run_all(page, server, name, RUN_ALL_TIMEOUT_S)
     page.screenshot(path=str(shots / f"{stem}-ran.png"), full_page=True)
     saved = _save_and_read(page, server, name)
     assert not _errors(saved), f"{name} has error outputs: {_errors(saved)}"
