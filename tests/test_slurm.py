@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,6 +127,19 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
+
+def stop_process(proc: subprocess.Popen, group: bool = False) -> None:
+    """TERM (to its process group when ``group``), then KILL if it is still there after 15 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM) if group else proc.terminate()
+    except (ProcessLookupError, PermissionError):
+        proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
 class Cluster:
     """munged, slurmctld and slurmd of this test session, and the client commands."""
 
@@ -175,12 +189,7 @@ class Cluster:
             except AssertionError:
                 pass
         for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
     def run(self, *cmd, check=True, env=None) -> subprocess.CompletedProcess:
         done = subprocess.run(cmd, env=dict(self.env, **(env or {})), capture_output=True,

@@ -39,7 +39,7 @@ import pytest
 
 from labutils.tools.jupyter import free_port
 from test_browser import CHROMIUM_ARGS, _require_browser, _write_settings, run_all_and_check
-from test_slurm import ROOT, _unavailable, _wait, _which, cluster  # noqa: F401 (a fixture)
+from test_slurm import ROOT, stop_process, _unavailable, _wait, _which, cluster  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.browser]
 
@@ -137,7 +137,7 @@ class Laptop:
     def stop(self) -> None:
         for proc in self.procs + [self.sshd]:
             if proc is not None and proc.poll() is None:
-                _kill_group(proc)
+                stop_process(proc, group=True)
         subprocess.run([_which("ip"), "netns", "del", self.ns], capture_output=True)
         subprocess.run([_which("ip"), "link", "del", self.host_if], capture_output=True)
         if self.made_run_sshd:
@@ -182,18 +182,6 @@ class Laptop:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
