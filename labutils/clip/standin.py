@@ -304,12 +304,10 @@ def load_standin(device=None, flowers_dir=None, cache_dir=None, profile: Optiona
     if held:  # measured on the in-memory model: its weights are already rounded as saved
         trained = ClipEncoder(model, clip_transform(config.image_resolution), meta["model_id"],
                               "", True, get_device(device))
-        acc, _ = zero_shot_accuracy(trained, [data.paths[i] for i in held],
-                                    data.labels[held], data.classes)
+        held_paths, prompts = [data.paths[i] for i in held], zero_shot_prompts(data.classes)
+        acc, _ = zero_shot_accuracy(trained, held_paths, data.labels[held], data.classes)
         meta.update(zero_shot_accuracy=round(acc, 4), heldout_images=len(held),
-                    zero_shot_prompts=zero_shot_prompts(data.classes),
-                    **feature_norms(trained, [data.paths[i] for i in held],
-                                    zero_shot_prompts(data.classes)))
+                    zero_shot_prompts=prompts, **feature_norms(trained, held_paths, prompts))
     save_checkpoint(model, path, meta)
     encoder = load_checkpoint(path, device)
     print(f"Stand-in CLIP trained in {report['train_seconds']:.0f} s; zero-shot accuracy on "
