@@ -247,11 +247,29 @@ def test_norm_term_holds_both_towers_at_one_scale(trained):
             scaled = standin_mod.contrastive_loss(model, x, tokens, ids)
         finally:
             proj.weight.div_(3.0), proj.bias.div_(3.0)
-    gained = standin_mod.NORM_WEIGHT * (standin_mod.norm_penalty(3 * img, txt)
-                                        - standin_mod.norm_penalty(img, txt))
+    gained = (standin_mod.NORM_WEIGHT * (standin_mod.norm_penalty(3 * img, txt)
+                                         - standin_mod.norm_penalty(img, txt))
+              + standin_mod.ALIGN_WEIGHT * (standin_mod.align_penalty(3 * img, txt, ids)
+                                            - standin_mod.align_penalty(img, txt, ids)))
     assert float(gained) != 0
     assert float(scaled - base) == pytest.approx(float(gained), rel=1e-3, abs=1e-4)
 
+
+
+def test_align_term_pulls_a_caption_to_the_mean_of_its_photos():
+    """Zero when each photo's features equal its caption's; for a caption several photos share,
+    smallest at their mean (a prompt should land where its photos are, not beside them)."""
+    img = torch.randn(6, 512)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    means = torch.stack([img[:3].mean(0), img[3:].mean(0)])
+    assert float(standin_mod.align_penalty(img, img, torch.arange(6))) == 0.0
+    at_mean = float(standin_mod.align_penalty(img, means, ids))
+    assert at_mean > 0
+    for shift in (0.1, -0.3):
+        assert float(standin_mod.align_penalty(img, means + shift, ids)) > at_mean
+    txt = means.clone().requires_grad_(True)
+    standin_mod.align_penalty(img, txt, ids).backward()
+    assert float(txt.grad.abs().max()) < 1e-6
 
 # --- the CSV cache -------------------------------------------------------------------------------
 
