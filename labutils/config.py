@@ -78,11 +78,12 @@ _SHRINK = {
         # and the final grid to seconds.
         "fmnist-optimized": dict(epochs=1, steps_per_epoch=450, batch_size=64, preview_every=100,
                                  sample_steps=50),
-        # One epoch at the course's batch (546 steps: ~2 min with native bf16, ~8 min in fp32):
-        # 89.5% of its samples judged as the class asked for at w = 2, where 260 steps of 64
-        # gave 66% (README, quality). 50-step sampling of the 7 x 10 grid; part B ~10 s a step
-        # at batch 16 (24 steps), ~6 s per reverse step of the 7 x 3 grid, two grids.
-        "fmnist-cfg": dict(epochs=1, preview_every=0, sample_steps=50),
+        # 546 steps of 64 (half an epoch; ~0.65 s a step in fp32 on 2 cores, ~6 min): 83% of
+        # its samples judged as the class asked for at w = 2 and 92% at w = 4, where 546 steps
+        # of 128 (twice the arithmetic, ~12 min there) gave 89.5% / 96.5% and 273 steps of 64
+        # 72% / 74% (docs/quality.md). 50-step sampling of the 7 x 10 grid.
+        "fmnist-cfg": dict(epochs=1, steps_per_epoch=546, batch_size=64, preview_every=0,
+                           sample_steps=50),
         # The laptop U-Net (labs.py: down_chs (32, 64, 128), 1.9 GFLOP an image for a training
         # step, 1/27 of the course's): 923 steps of 32 (13 epochs of the 2,281 photos) at
         # lr 1e-3, 0.54 s a step on the 2-core AMD EPYC without native bf16 when quiet (~8.3
