@@ -2,7 +2,8 @@
 
 A *profile* shrinks data, epochs and sampling; it never changes T or a lab's U-Net design.
 - ``full``:  the course's exact settings.
-- ``quick``: a 2-core CPU runs the whole lab series in about half an hour. Where the course's
+- ``quick``: a laptop runs each lab in minutes (the series: 61 min on 2 cores without native
+  bf16, docs/speed.md). Where the course's
   model cannot learn in minutes there (the 44.5M-parameter flowers U-Net: 6.56 TFLOP a step),
   ``quick`` trains the lab's declared laptop variant (``model="laptop"``, :mod:`labutils.labs`:
   the same design, narrower) with the batch and learning rate measured best for it.

@@ -287,6 +287,9 @@ def test_console_line_and_expected_time():
     assert rp.duration(quick.seconds["01"] + quick.seconds["02"]) in text
     assert quick.machine in text and "07_new.ipynb (not measured)" in text
     assert "not measured yet for profile 'ci'" in rp.expected_series("ci", True, names)
+    # Only unmeasured notebooks: "not measured", never "about 0 s".
+    only_new = rp.expected_series("quick", False, ["07_new.ipynb"])
+    assert "not measured yet" in only_new and "0 s" not in only_new
     assert [rp.duration(s) for s in (45, 312, 3780)] == ["45 s", "5 min 12 s", "1 h 03 min"]
 
 

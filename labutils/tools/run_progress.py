@@ -24,12 +24,12 @@ class Measured:
 # native bf16 (bf16 there is 11-20x slower), so the two differ by 2-5x. Only measured figures
 # belong here; a notebook without one is announced as "not measured".
 EXPECTED = {
-    # make run on 2 cores of an AMD EPYC (AVX2, no native bf16), nothing else running, a fresh
-    # data/ (the judges trained inside 01 and 04: 63 s and 130 s of these); stopped by Ctrl-C
-    # at 05 for want of time, so 05 and 06 are not measured (docs/speed.md). The 2-core AMX
-    # figures of before the laptop flowers models (16 min in all) no longer apply and are gone.
+    # The whole series on 2 cores of an AMD EPYC (AVX2, no native bf16), nothing else running,
+    # a fresh data/: the judges (01: 53 s, 04: 110 s, 06: 79 s) and lab 05's stand-in CLIP
+    # (262 s) were trained inside the run (docs/speed.md). 61 min 24 s in all.
     ("quick", False): Measured("2 cores of an AMD EPYC without native bf16",
-                               {"01": 145, "02": 151, "03": 392, "04": 1894}),
+                               {"01": 121, "02": 127, "03": 361, "04": 1590, "05": 1050,
+                                "06": 434}),
 }
 
 
@@ -53,11 +53,12 @@ def expected_series(profile: str, bf16: bool, names: Sequence[str]) -> str:
     """The line printed before a series: its expected time and where that was measured."""
     measured = EXPECTED.get((profile, bf16))
     where = "with" if bf16 else "without"
-    if measured is None:
+    seconds = measured.seconds if measured else {}
+    known = [seconds[n[:2]] for n in names if n[:2] in seconds]
+    unknown = [n for n in names if n[:2] not in seconds]
+    if not known:   # nothing to add up: say so rather than "about 0 s"
         return (f"Expected time: not measured yet for profile '{profile}' {where} native bf16 "
                 "(labutils/tools/run_progress.py: EXPECTED).")
-    known = [measured.seconds[n[:2]] for n in names if n[:2] in measured.seconds]
-    unknown = [n for n in names if n[:2] not in measured.seconds]
     text = (f"Expected time: about {duration(sum(known))} (measured on {measured.machine}, "
             "nothing else running)")
     return text + (f", plus {', '.join(unknown)} (not measured)." if unknown else ".")
