@@ -2,9 +2,8 @@
 
 A *profile* shrinks data, epochs and sampling; it never changes T or a lab's U-Net design.
 - ``full``:  the course's exact settings.
-- ``quick``: a laptop runs each lab in minutes (the series: 61 min on 2 cores without native
-  bf16, docs/speed.md). Where the course's
-  model cannot learn in minutes there (the 44.5M-parameter flowers U-Net: 6.56 TFLOP a step),
+- ``quick``: a laptop runs each lab in minutes (the series: about an hour on 2 cores without
+  native bf16, docs/speed.md). Where the course's model cannot learn in minutes there (the 44.5M-parameter flowers U-Net: 6.56 TFLOP a step),
   ``quick`` trains the lab's declared laptop variant (``model="laptop"``, :mod:`labutils.labs`:
   the same design, narrower) with the batch and learning rate measured best for it.
 - ``ci``:    seconds per notebook, for the test suite.
@@ -87,9 +86,10 @@ _SHRINK = {
                            sample_steps=50),
         # The laptop U-Net (labs.py: down_chs (32, 64, 128), 1.9 GFLOP an image for a training
         # step, 1/27 of the course's): 923 steps of 32 (13 epochs of the 2,281 photos) at
-        # lr 1e-3, 0.54 s a step on the 2-core AMD EPYC without native bf16 when quiet (~8.3
-        # min). Lab 04 B after 919 steps: 90% judged as asked at w = 4 (75% after 710). The
-        # course's model and lr 1e-4 learn nothing in that time (docs/quality.md, laptop).
+        # lr 1e-3: 12-14 min with the four grids on a 2-core AMD EPYC without native bf16
+        # (0.54-0.83 s a step). Lab 04 B after 919 steps: 90% judged as asked at w = 4 (75%
+        # after 710; the notebook: 80%); lab 05 on stand-in CLIP v3: 88% at w = 2 (notebook:
+        # 85%). The course's model and lr 1e-4 learn nothing in that time (docs/quality.md).
         "flowers-cfg": dict(model="laptop", epochs=13, batch_size=32, lr=1e-3, sample_every=4,
                             sample_steps=50, compile=False),
         "flowers-clip": dict(model="laptop", epochs=13, batch_size=32, lr=1e-3, sample_every=4,

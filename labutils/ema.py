@@ -12,7 +12,7 @@ an uninterrupted one. Samplers use the EMA weights by default (``--no-ema`` comp
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -50,6 +50,10 @@ class EMA:
         if floats_s:
             torch._foreach_lerp_(floats_s, floats_m, 1.0 - d)   # s += (1 - d) * (m - s)
         self.updates += 1
+
+    def on_step(self, model: torch.nn.Module) -> Callable[..., None]:
+        """A hook for ``labutils.train(on_step=...)``: update the average after every step."""
+        return lambda step, epoch, loss: self.update(model)
 
     def state_dict(self) -> Dict:
         return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates,

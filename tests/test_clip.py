@@ -255,7 +255,6 @@ def test_norm_term_holds_both_towers_at_one_scale(trained):
     assert float(scaled - base) == pytest.approx(float(gained), rel=1e-3, abs=1e-4)
 
 
-
 def test_align_term_pulls_a_caption_to_the_mean_of_its_photos():
     """Zero when each photo's features equal its caption's; for a caption several photos share,
     smallest at their mean (a prompt should land where its photos are, not beside them)."""
@@ -270,6 +269,7 @@ def test_align_term_pulls_a_caption_to_the_mean_of_its_photos():
     txt = means.clone().requires_grad_(True)
     standin_mod.align_penalty(img, txt, ids).backward()
     assert float(txt.grad.abs().max()) < 1e-6
+
 
 # --- the CSV cache -------------------------------------------------------------------------------
 

@@ -33,6 +33,19 @@ def test_update_is_the_moving_average_formula():
     assert ema.updates == 1
 
 
+
+def test_on_step_hook_updates_the_average_after_every_training_step():
+    from labutils.training import train
+    net = _net()
+    ema = EMA(net, decay=0.5, warmup=False)
+    loader = [(torch.randn(8, 3), torch.zeros(8)) for _ in range(3)]
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    train(net, lambda model, x, y: model(x).pow(2).mean(), loader, opt, 2, progress=False,
+          on_step=ema.on_step(net))
+    assert ema.updates == 6
+    weight = net.state_dict()["0.weight"]
+    assert not torch.equal(ema.shadow["0.weight"], weight)   # an average, not a copy
+
 def test_warm_up_follows_the_weights_early_and_caps_at_the_decay():
     ema = EMA(_net(), decay=0.99)
     first = ema.current_decay()

@@ -45,7 +45,7 @@ def quality_run(seed: int = 0, steps: int = STEPS, w: float = W, use_ema: bool =
         data = lab.dataset().subset(20_000, seed)
         loader = BatchLoader(data, BATCH, augment=lab.augment(), max_batches=steps, seed=seed)
         result = train(model, lab.loss_fn(), loader, lab.optimizer(model), 1, progress=False,
-                       on_step=lambda *_: ema.update(model))
+                       on_step=ema.on_step(model))
         train_s = result.wall_time
     else:
         train_s = 0.0
